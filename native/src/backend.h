@@ -1,0 +1,172 @@
+// Internal interface between the shared core (validation, RoPE/YaRN, weight preparation, the
+// C ABI in api.cpp) and the compute backends (cpu/, cuda/). Not installed, not part of the ABI.
+//
+// The shared core validates every argument and fills the plain params structs below exactly once;
+// backends never re-validate host-visible values. Backends report failures by throwing mla::Error
+// (status + message); api.cpp catches everything at the ABI boundary.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "mla.h"
+
+namespace mla {
+
+// A failure with its ABI status. The message names the argument and value where there is one.
+struct Error : std::runtime_error {
+    mla_status status;
+    Error(mla_status s, const std::string& msg) : std::runtime_error(msg), status(s) {}
+};
+
+enum class DType : int32_t { F32 = MLA_DTYPE_F32, BF16 = MLA_DTYPE_BF16, F16 = MLA_DTYPE_F16, FP8_E4M3 = MLA_DTYPE_FP8_E4M3 };
+
+inline size_t dtype_size(DType t) {
+    switch (t) {
+        case DType::F32: return 4;
+        case DType::BF16: return 2;
+        case DType::F16: return 2;
+        case DType::FP8_E4M3: return 1;
+    }
+    return 0;
+}
+
+// RoPE as transformers computes it for one config: inv_freq in f32 (as torch keeps the buffer),
+// the YaRN attention factor folded into cos/sin, and the pair layout.
+struct RopeParams {
+    int32_t dim = 0;                 // qk_rope_head_dim (even)
+    int32_t interleave = 0;          // 1: input pairs (x0,x1),(x2,x3)... are permuted to halves first
+    float attention_factor = 1.0f;   // multiplies cos and sin
+    std::vector<float> inv_freq;     // [dim / 2]
+};
+
+// One cache, validated (from mla_cache_view).
+struct CacheDesc {
+    void* data = nullptr;            // backend [num_blocks, block_size, dc + dr]
+    DType dtype = DType::BF16;       // BF16 or F32
+    int32_t num_blocks = 0;
+    int32_t block_size = 0;          // power of two
+    int32_t dc = 0;                  // kv_lora_rank
+    int32_t dr = 0;                  // rope dim
+    int64_t entry_elems() const { return int64_t(dc) + dr; }
+};
+
+// mla_compress, validated. Slots have been checked against the cache when host-visible.
+struct CompressParams {
+    int32_t num_tokens = 0;
+    const void* kv_a = nullptr;      // backend [T, kv_a_stride], dtype kv_a_dtype (F32/BF16)
+    DType kv_a_dtype = DType::F32;
+    int64_t kv_a_stride = 0;         // elements
+    const void* norm_weight = nullptr; // backend [dc]
+    DType norm_dtype = DType::F32;
+    const int32_t* positions = nullptr; // backend [T]
+    const int64_t* slots = nullptr;  // backend [T], < 0 = skip
+    float eps = 1e-6f;
+    const RopeParams* rope = nullptr;
+    CacheDesc cache;
+};
+
+// mla_attention_params, validated.
+struct AttentionParams {
+    int32_t num_seqs = 0;            // B
+    int32_t num_tokens = 0;          // T
+    int32_t num_heads = 0;           // H
+    int32_t causal = 1;
+    int32_t block_table_stride = 0;
+    DType q_dtype = DType::F32;      // F32/BF16
+    DType out_dtype = DType::F32;    // F32/BF16
+    float scale = 0.f;
+    const void* q = nullptr;         // backend [T, H, dc + dr]
+    const int32_t* qo_indptr = nullptr;   // backend [B + 1]
+    const int32_t* seq_lens = nullptr;    // backend [B]
+    const int32_t* block_table = nullptr; // backend [B, block_table_stride]
+    CacheDesc cache;
+    void* out = nullptr;             // backend [T, H, dc]
+    float* lse = nullptr;            // backend [T, H] or nullptr
+};
+
+// Weights after the shared preparation, in host memory, f32, already sliced to the layer's heads
+// [h0, h1) (Hs = h1 - h0 heads). exactly_bf16 says every value is exactly representable in bf16
+// (all sources were bf16), so a backend may store them as bf16 without loss.
+struct PreparedWeights {
+    int32_t hidden = 0, heads = 0, q_lora = 0, dc = 0, dn = 0, dr = 0, dv = 0;  // heads = Hs
+    bool exactly_bf16 = false;
+    std::vector<float> q_a;          // [q_lora, hidden]            (q_lora > 0)
+    std::vector<float> q_a_norm;     // [q_lora]                    (q_lora > 0)
+    std::vector<float> q_b;          // [Hs * (dn + dr), q_lora]    (q_lora > 0), rows of the slice
+    std::vector<float> q;            // [Hs * (dn + dr), hidden]    (q_lora == 0)
+    std::vector<float> kv_a;         // [dc + dr, hidden]
+    std::vector<float> kv_a_norm;    // [dc]
+    std::vector<float> w_uk_t;       // [Hs, dc, dn]: W_UK[h] transposed, so q_lat = W_UK_T[h] . q_nope
+    std::vector<float> w_uv;         // [Hs, dv, dc]: o_h = W_UV[h] . o_lat
+    std::vector<float> o;            // [hidden, Hs * dv]: the slice's columns of o_proj
+};
+
+// mla_batch, validated against the cache: every slot the batch writes or reads is covered and
+// every block id used is in range. Host arrays.
+struct BatchDesc {
+    int32_t num_seqs = 0;
+    int32_t num_tokens = 0;
+    int32_t block_table_stride = 0;
+    const int32_t* qo_indptr = nullptr;   // [B + 1]
+    const int32_t* cache_lens = nullptr;  // [B]
+    const int32_t* positions = nullptr;   // [T], never null here (filled by the core if absent)
+    const int32_t* block_table = nullptr; // [B, stride]
+};
+
+struct LayerSpec {
+    int32_t hidden = 0, heads = 0, q_lora = 0, dc = 0, dn = 0, dr = 0, dv = 0;  // heads = slice
+    float eps = 1e-6f;
+    float scale = 0.f;               // softmax scale
+    RopeParams rope;
+};
+
+// A backend's prepared layer (weights in its own memory and format).
+class LayerImpl {
+public:
+    virtual ~LayerImpl() = default;
+    // hidden/out: backend memory [T, hidden]; dtypes F32/BF16. Must not write the cache or out
+    // before all checks that can fail have passed.
+    virtual void forward(const BatchDesc& batch, const CacheDesc& cache, const void* hidden,
+                         DType hidden_dtype, void* out, DType out_dtype, void* stream) = 0;
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual mla_backend kind() const = 0;
+    virtual std::string describe() const = 0;
+
+    // Memory in the backend's space. alloc throws Error(MLA_ERROR_OUT_OF_MEMORY); memory is
+    // zero-filled. copy_to_host synchronizes.
+    virtual void* alloc(size_t bytes) = 0;
+    virtual void dealloc(void* p) noexcept = 0;
+    virtual void copy_from_host(void* dst, const void* host_src, size_t bytes, void* stream) = 0;
+    virtual void copy_to_host(void* host_dst, const void* src, size_t bytes, void* stream) = 0;
+    virtual void copy(void* dst, const void* src, size_t bytes, void* stream) = 0;
+
+    virtual void compress(const CompressParams& p, void* stream) = 0;
+
+    virtual size_t attention_metadata_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
+                                            int32_t dc) const = 0;
+    virtual size_t attention_workspace_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
+                                             int32_t dc) const = 0;
+    virtual void attention_plan(const AttentionParams& p, void* metadata, size_t metadata_bytes,
+                                void* stream) = 0;
+    virtual void attention_run(const AttentionParams& p, const void* metadata,
+                               size_t metadata_bytes, void* workspace, size_t workspace_bytes,
+                               void* stream) = 0;
+
+    virtual std::unique_ptr<LayerImpl> create_layer(const LayerSpec& spec,
+                                                    const PreparedWeights& w) = 0;
+};
+
+// Factories. make_cuda_backend throws Error(MLA_ERROR_UNSUPPORTED) in builds without CUDA.
+std::unique_ptr<Backend> make_cpu_backend(int32_t num_threads, int32_t simd);
+std::unique_ptr<Backend> make_cuda_backend(int32_t device);
+
+}  // namespace mla
