@@ -1,0 +1,126 @@
+package dev.mla4j;
+
+import dev.mla4j.bindings.Mla;
+import dev.mla4j.bindings.mla_context_options;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+
+/**
+ * A libmla backend (CPU now; CUDA when built in) and its worker threads. Thread-safe: layers,
+ * caches and calls may use one context from several threads.
+ *
+ * <p>Closing a context while layers, caches or attention workspaces made in it are open throws
+ * {@link IllegalStateException} and leaves everything open: close those first (try-with-resources
+ * does so in reverse order).
+ */
+public final class MlaContext extends NativeResource {
+    /** mla_backend. */
+    public enum Backend {
+        CPU(0), CUDA(1);
+
+        final int code;
+
+        Backend(int code) {
+            this.code = code;
+        }
+    }
+
+    /** mla_simd: the CPU instruction set; AUTO picks the best the CPU has. */
+    public enum Simd {
+        AUTO(0), SCALAR(1), AVX2(2), AVX512(3);
+
+        final int code;
+
+        Simd(int code) {
+            this.code = code;
+        }
+    }
+
+    private final Set<NativeResource> children = ConcurrentHashMap.newKeySet();
+    private final Backend backend;
+
+    private MlaContext(Arena arena, MemorySegment raw, Backend backend) {
+        super("MlaContext", arena, raw, Mla::mla_context_destroy);
+        this.backend = backend;
+    }
+
+    /** A CPU context with one worker per online core and the best SIMD level. */
+    public static MlaContext cpu() {
+        return create(Backend.CPU, 0, 0, Simd.AUTO);
+    }
+
+    /** A CPU context with the given number of worker threads (0 = one per online core). */
+    public static MlaContext cpu(int numThreads) {
+        return create(Backend.CPU, 0, numThreads, Simd.AUTO);
+    }
+
+    /**
+     * Creates a context.
+     *
+     * @param device     CUDA device ordinal; ignored by the CPU backend
+     * @param numThreads CPU worker threads, 0 = one per online core
+     * @throws MlaException UNSUPPORTED (backend not built in, SIMD level missing), DEVICE, INVALID_ARGUMENT
+     */
+    public static MlaContext create(Backend backend, int device, int numThreads, Simd simd) {
+        NativeLibrary.load();
+        if (numThreads < 0) {
+            throw new IllegalArgumentException("numThreads = " + numThreads + " must be >= 0");
+        }
+        Arena arena = Arena.ofShared();
+        try (Arena tmp = Arena.ofConfined()) {
+            MemorySegment opts = mla_context_options.allocate(tmp);
+            Native.check(Mla.mla_context_options_init(opts), "mla_context_options_init");
+            mla_context_options.backend(opts, backend.code);
+            mla_context_options.device(opts, device);
+            mla_context_options.num_threads(opts, numThreads);
+            mla_context_options.simd(opts, simd.code);
+            MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
+            Native.check(Mla.mla_context_create(opts, out), "mla_context_create");
+            return new MlaContext(arena, out.get(ValueLayout.ADDRESS, 0), backend);
+        } catch (RuntimeException e) {
+            arena.close();
+            throw e;
+        }
+    }
+
+    /** The backend of this context. */
+    public Backend backend() {
+        ensureOpen();
+        return backend;
+    }
+
+    /** A one-line description, e.g. "cpu avx512 threads=2". */
+    public String describe() {
+        try (Arena tmp = Arena.ofConfined()) {
+            MemorySegment buf = tmp.allocate(256);
+            Native.check(Mla.mla_context_describe(handle(), buf, buf.byteSize()), "mla_context_describe");
+            return buf.getString(0);
+        }
+    }
+
+    void register(NativeResource child) {
+        ensureOpen();
+        children.add(child);
+    }
+
+    void unregister(NativeResource child) {
+        children.remove(child);
+    }
+
+    /** Number of open layers, caches and attention workspaces made in this context. */
+    public int openChildren() {
+        return children.size();
+    }
+
+    @Override
+    void beforeClose() {
+        if (!children.isEmpty()) {
+            throw new IllegalStateException("MlaContext still has " + children.size()
+                    + " open layers/caches/workspaces; close them before the context");
+        }
+    }
+}

@@ -1,0 +1,243 @@
+package dev.mla4j;
+
+import dev.mla4j.bindings.Mla;
+import dev.mla4j.bindings.mla_config;
+import dev.mla4j.bindings.mla_layer_options;
+import dev.mla4j.bindings.mla_layer_weights;
+import dev.mla4j.bindings.mla_weight;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Arrays;
+import java.util.Objects;
+import java.util.Optional;
+import java.util.function.Function;
+
+/**
+ * One MLA attention layer (owns a native {@code mla_layer}): built once from a config and the
+ * module's weights, immutable, shareable between threads. {@link #forward} runs a ragged batch of
+ * hidden states through q/kv projections, the latent cache and o_proj, appending the new tokens to
+ * the cache.
+ */
+public final class MlaLayer extends NativeResource {
+    /** Weight names under the attention module, as in transformers' checkpoints. */
+    static final String[] WEIGHTS = {"q_a_proj", "q_a_layernorm", "q_b_proj", "q_proj", "kv_a_proj_with_mqa",
+            "kv_a_layernorm", "kv_b_proj", "o_proj"};
+
+    private final MlaContext context;
+    private final MlaConfig config;
+    private final int headBegin;
+    private final int headEnd;
+
+    private MlaLayer(MlaContext context, Arena arena, MemorySegment raw, MlaConfig config, int headBegin, int headEnd) {
+        super("MlaLayer", arena, raw, Mla::mla_layer_destroy);
+        this.context = context;
+        this.config = config;
+        this.headBegin = headBegin;
+        this.headEnd = headEnd;
+    }
+
+    /**
+     * A layer from a checkpoint: weights named {@code prefix + "q_a_proj.weight"} etc. (e.g. prefix
+     * {@code "model.layers.0.self_attn."}); FP8 weights take their {@code weight_scale_inv}.
+     */
+    public static MlaLayer create(MlaContext context, MlaConfig config, Safetensors weights, String prefix) {
+        return create(context, config, weights, prefix, 0, config.numHeads());
+    }
+
+    /** As {@link #create(MlaContext, MlaConfig, Safetensors, String)}, for the heads [headBegin, headEnd). */
+    public static MlaLayer create(MlaContext context, MlaConfig config, Safetensors weights, String prefix,
+                                  int headBegin, int headEnd) {
+        Objects.requireNonNull(weights, "weights");
+        Objects.requireNonNull(prefix, "prefix");
+        return create(context, config, name -> weights.find(prefix + name), headBegin, headEnd);
+    }
+
+    /**
+     * A layer from tensors found by name relative to the attention module ("q_a_proj.weight",
+     * "q_a_proj.weight_scale_inv", ...), for the heads [headBegin, headEnd). libmla copies what it
+     * needs: the tensors may be released after this returns.
+     *
+     * @throws IllegalArgumentException a required weight is missing, or has the wrong dtype or
+     *                                  shape (the message names the tensor and the expected shape)
+     * @throws MlaException             libmla refused the config or weights, or ran out of memory
+     */
+    public static MlaLayer create(MlaContext context, MlaConfig config, Function<String, Optional<Tensor>> weights,
+                                  int headBegin, int headEnd) {
+        Objects.requireNonNull(context, "context");
+        Objects.requireNonNull(config, "config");
+        Objects.requireNonNull(weights, "weights");
+        if (headBegin < 0 || headEnd > config.numHeads() || headBegin >= headEnd) {
+            throw new IllegalArgumentException("head range [" + headBegin + ", " + headEnd + ") is not inside [0, "
+                    + config.numHeads() + ")");
+        }
+        long h = config.numHeads();
+        long d = config.hiddenSize();
+        long qk = config.qkNopeHeadDim() + config.qkRopeHeadDim();
+        Arena arena = Arena.ofShared();
+        try (Arena tmp = Arena.ofConfined()) {
+            MemorySegment w = mla_layer_weights.allocate(tmp);
+            Native.check(Mla.mla_layer_weights_init(w), "mla_layer_weights_init");
+            if (config.hasQueryCompression()) {
+                fill(tmp, weights, "q_a_proj", w, mla_layer_weights.q_a_proj$offset(), config.qLoraRank(), d);
+                fill(tmp, weights, "q_a_layernorm", w, mla_layer_weights.q_a_layernorm$offset(), config.qLoraRank(), 0);
+                fill(tmp, weights, "q_b_proj", w, mla_layer_weights.q_b_proj$offset(), h * qk, config.qLoraRank());
+            } else {
+                fill(tmp, weights, "q_proj", w, mla_layer_weights.q_proj$offset(), h * qk, d);
+            }
+            fill(tmp, weights, "kv_a_proj_with_mqa", w, mla_layer_weights.kv_a_proj_with_mqa$offset(),
+                    config.kvLoraRank() + config.qkRopeHeadDim(), d);
+            fill(tmp, weights, "kv_a_layernorm", w, mla_layer_weights.kv_a_layernorm$offset(), config.kvLoraRank(), 0);
+            fill(tmp, weights, "kv_b_proj", w, mla_layer_weights.kv_b_proj$offset(),
+                    h * (config.qkNopeHeadDim() + config.vHeadDim()), config.kvLoraRank());
+            fill(tmp, weights, "o_proj", w, mla_layer_weights.o_proj$offset(), d, h * config.vHeadDim());
+
+            MemorySegment opts = mla_layer_options.allocate(tmp);
+            Native.check(Mla.mla_layer_options_init(opts), "mla_layer_options_init");
+            mla_layer_options.head_begin(opts, headBegin);
+            mla_layer_options.head_end(opts, headEnd);
+            MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
+            Native.check(Mla.mla_layer_create(context.handle(), config.toNative(tmp), w, opts, out), "mla_layer_create");
+            MlaLayer layer = new MlaLayer(context, arena, out.get(ValueLayout.ADDRESS, 0), config, headBegin, headEnd);
+            context.register(layer);
+            return layer;
+        } catch (RuntimeException e) {
+            arena.close();
+            throw e;
+        }
+    }
+
+    /**
+     * Fills one mla_weight. cols == 0 marks a norm vector: the tensor must be 1-D [rows].
+     */
+    private static void fill(Arena tmp, Function<String, Optional<Tensor>> weights, String name, MemorySegment w,
+                             long offset, long rows, long cols) {
+        String key = name + ".weight";
+        Tensor t = weights.apply(key).orElseThrow(() -> new IllegalArgumentException("weight " + key + " is missing"));
+        long[] shape = t.shape();
+        boolean vector = cols == 0;
+        long[] expected = vector ? new long[]{rows} : new long[]{rows, cols};
+        if (!Arrays.equals(shape, expected)) {
+            throw new IllegalArgumentException("weight " + t.name() + " has shape " + Arrays.toString(shape) + ", expected "
+                    + Arrays.toString(expected));
+        }
+        if (t.dtype().mlaCode() < 0 || (vector && t.dtype() == DType.F8_E4M3)) {
+            throw new IllegalArgumentException("weight " + t.name() + " has dtype " + t.dtype() + "; expected "
+                    + (vector ? "F32, BF16 or F16" : "F32, BF16, F16 or F8_E4M3"));
+        }
+        if (!t.data().isNative()) {
+            throw new IllegalArgumentException("weight " + t.name() + " is in heap memory; libmla needs native memory");
+        }
+        MemorySegment mw = w.asSlice(offset, mla_weight.sizeof());
+        mla_weight.data(mw, t.data());
+        mla_weight.dtype(mw, t.dtype().mlaCode());
+        mla_weight.reserved0(mw, 0);
+        mla_weight.rows(mw, rows);
+        mla_weight.cols(mw, vector ? 1 : cols);
+        mla_weight.scale_inv(mw, MemorySegment.NULL);
+        if (t.dtype() == DType.F8_E4M3) {
+            String sk = name + ".weight_scale_inv";
+            Tensor s = weights.apply(sk).orElseThrow(() -> new IllegalArgumentException(
+                    "weight " + t.name() + " is FP8 but its scale " + sk + " is missing"));
+            long[] se = {(rows + 127) / 128, (cols + 127) / 128};
+            if (!Arrays.equals(s.shape(), se)) {
+                throw new IllegalArgumentException("weight " + s.name() + " has shape " + Arrays.toString(s.shape())
+                        + ", expected " + Arrays.toString(se));
+            }
+            MemorySegment scales;
+            if (s.dtype() == DType.F32 && s.data().isNative() && s.data().address() % 4 == 0) {
+                scales = s.data();
+            } else if (s.dtype() == DType.F32 || s.dtype() == DType.BF16) {
+                scales = tmp.allocateFrom(ValueLayout.JAVA_FLOAT, s.toFloatArray());
+            } else {
+                throw new IllegalArgumentException("weight " + s.name() + " has dtype " + s.dtype() + ", expected F32");
+            }
+            mla_weight.scale_inv(mw, scales);
+        }
+    }
+
+    public MlaContext context() {
+        return context;
+    }
+
+    /** The config the layer was built with (as Java read it; see {@link #nativeConfig()}). */
+    public MlaConfig config() {
+        return config;
+    }
+
+    /** The config as the library keeps it (mla_layer_get_config). */
+    public MlaConfig nativeConfig() {
+        try (Arena tmp = Arena.ofConfined()) {
+            MemorySegment c = mla_config.allocate(tmp);
+            mla_config.struct_size(c, (int) mla_config.sizeof());
+            Native.check(Mla.mla_layer_get_config(handle(), c, MemorySegment.NULL, MemorySegment.NULL),
+                    "mla_layer_get_config");
+            return MlaConfig.fromNative(c);
+        }
+    }
+
+    public int headBegin() {
+        return headBegin;
+    }
+
+    public int headEnd() {
+        return headEnd;
+    }
+
+    /**
+     * Runs the layer on a batch: hidden [T, hidden_size] (F32 or BF16) to out [T, hidden_size] (F32
+     * or BF16), appending the new tokens to the batch's cache and advancing its sequences. Both
+     * segments must be native memory. On failure nothing is written and the cache is unchanged.
+     *
+     * @throws IllegalArgumentException a segment too small, heap memory, an unsupported dtype, or
+     *                                  a batch of another cache
+     * @throws IllegalStateException    the layer, cache or batch is closed, or the batch is stale
+     * @throws MlaException             CACHE_FULL, INVALID_ARGUMENT ... from libmla
+     */
+    public void forward(Batch batch, MemorySegment hidden, DType hiddenType, MemorySegment out, DType outType) {
+        Objects.requireNonNull(batch, "batch");
+        LatentCache cache = batch.cache();
+        requireActivation(hiddenType, "hiddenType");
+        requireActivation(outType, "outType");
+        long rowElems = config.hiddenSize();
+        long t = batch.numTokens();
+        Native.requireNative(hidden, "hidden", t * rowElems * hiddenType.byteSize());
+        Native.requireWritable(out, "out", t * rowElems * outType.byteSize());
+        if (cache.context() != context) {
+            throw new IllegalArgumentException("the batch's cache belongs to another context than this layer");
+        }
+        cache.checkCurrent(batch);
+        Native.check(Mla.mla_layer_forward(handle(), cache.handle(), batch.nativeBatch(), hidden, hiddenType.mlaCode(),
+                out, outType.mlaCode(), MemorySegment.NULL), "mla_layer_forward");
+        cache.commit(batch);
+    }
+
+    /** As {@link #forward(Batch, MemorySegment, DType, MemorySegment, DType)} with f32 Java arrays. */
+    public float[] forward(Batch batch, float[] hidden) {
+        Objects.requireNonNull(batch, "batch");
+        Objects.requireNonNull(hidden, "hidden");
+        long need = (long) batch.numTokens() * config.hiddenSize();
+        if (hidden.length != need) {
+            throw new IllegalArgumentException("hidden has " + hidden.length + " floats, the batch needs numTokens "
+                    + batch.numTokens() + " x hidden_size " + config.hiddenSize() + " = " + need);
+        }
+        try (Arena tmp = Arena.ofConfined()) {
+            MemorySegment in = tmp.allocateFrom(ValueLayout.JAVA_FLOAT, hidden.length == 0 ? new float[1] : hidden);
+            MemorySegment o = tmp.allocate(ValueLayout.JAVA_FLOAT, Math.max(1, need));
+            forward(batch, in, DType.F32, o, DType.F32);
+            return o.asSlice(0, need * 4).toArray(ValueLayout.JAVA_FLOAT);
+        }
+    }
+
+    private static void requireActivation(DType t, String name) {
+        if (t != DType.F32 && t != DType.BF16) {
+            throw new IllegalArgumentException(name + " = " + t + ", expected F32 or BF16");
+        }
+    }
+
+    @Override
+    void afterClose() {
+        context.unregister(this);
+    }
+}

@@ -1,0 +1,231 @@
+package dev.mla4j;
+
+import dev.mla4j.bindings.Mla;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.UncheckedIOException;
+import java.nio.file.AtomicMoveNotSupportedException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.HexFormat;
+import java.util.Locale;
+import java.util.Properties;
+
+/**
+ * Finds and loads libmla, once per class loader.
+ *
+ * <p>Where the library comes from, first match wins:
+ * <ol>
+ *   <li>the system property {@value #PATH_PROPERTY} (a file path);</li>
+ *   <li>the environment variable {@value #PATH_ENV};</li>
+ *   <li>the copy bundled in this jar under {@code dev/mla4j/native/<os>-<arch>/libmla-<version>.so},
+ *       extracted once into {@code <java.io.tmpdir>/mla4j-<user>/<sha256 prefix>/} (reused by
+ *       later JVMs while its content matches).</li>
+ * </ol>
+ * After loading, {@code mla_abi_version()} must equal the {@code MLA_ABI_VERSION} the bindings
+ * were generated with; a mismatch fails with an {@link UnsatisfiedLinkError} naming both.
+ *
+ * <p>The generated bindings look symbols up with {@code SymbolLookup.loaderLookup()}, so every API
+ * class calls {@link #load()} before its first native call. Native access must be enabled for the
+ * code on the class path ({@code --enable-native-access=ALL-UNNAMED}) or for the modules
+ * {@code dev.mla4j.bindings,dev.mla4j}; the executable jar enables it in its manifest.
+ */
+public final class NativeLibrary {
+    /** System property naming a libmla file to load instead of the bundled one. */
+    public static final String PATH_PROPERTY = "mla4j.library.path";
+    /** Environment variable naming a libmla file to load instead of the bundled one. */
+    public static final String PATH_ENV = "MLA4J_LIBRARY";
+
+    private static final String NATIVE_ACCESS_HINT = "libmla is called through the Foreign Function & Memory "
+            + "API, which needs native access: start java with --enable-native-access=ALL-UNNAMED "
+            + "(class path) or --enable-native-access=dev.mla4j.bindings,dev.mla4j (module path)";
+
+    private static volatile Loaded loaded;
+
+    private record Loaded(Path path, String source, int version, int abiVersion) {
+    }
+
+    private NativeLibrary() {
+    }
+
+    /**
+     * Loads libmla if this class loader has not yet; idempotent and thread-safe.
+     *
+     * @throws UnsatisfiedLinkError  the library is missing, cannot be loaded, or has another ABI version
+     * @throws IllegalStateException native access is not enabled (the message names the flag)
+     */
+    public static void load() {
+        if (loaded == null) {
+            synchronized (NativeLibrary.class) {
+                if (loaded == null) {
+                    loaded = doLoad();
+                }
+            }
+        }
+    }
+
+    /** The file that was loaded (after {@link #load()}). */
+    public static Path path() {
+        load();
+        return loaded.path;
+    }
+
+    /** Where the library came from: "system property mla4j.library.path", "environment MLA4J_LIBRARY" or "bundled". */
+    public static String source() {
+        load();
+        return loaded.source;
+    }
+
+    /** mla_version() of the loaded library: MAJOR * 10000 + MINOR * 100 + PATCH. */
+    public static int version() {
+        load();
+        return loaded.version;
+    }
+
+    /** mla_abi_version() of the loaded library. */
+    public static int abiVersion() {
+        load();
+        return loaded.abiVersion;
+    }
+
+    private static Loaded doLoad() {
+        String source;
+        Path path;
+        String property = System.getProperty(PATH_PROPERTY);
+        String env = System.getenv(PATH_ENV);
+        if (property != null && !property.isBlank()) {
+            source = "system property " + PATH_PROPERTY;
+            path = Path.of(property);
+        } else if (env != null && !env.isBlank()) {
+            source = "environment " + PATH_ENV;
+            path = Path.of(env);
+        } else {
+            source = "bundled";
+            path = extractBundled();
+        }
+        path = path.toAbsolutePath();
+        if (!Files.isRegularFile(path)) {
+            throw new UnsatisfiedLinkError("libmla not found at " + path + " (from " + source + ")");
+        }
+        try {
+            System.load(path.toString());
+        } catch (IllegalCallerException e) {
+            throw new IllegalStateException(NATIVE_ACCESS_HINT, e);
+        } catch (UnsatisfiedLinkError e) {
+            UnsatisfiedLinkError error = new UnsatisfiedLinkError("cannot load libmla from " + path + " (from " + source
+                    + "): " + e.getMessage());
+            error.initCause(e);
+            throw error;
+        }
+        int abi;
+        int version;
+        try {
+            abi = Mla.mla_abi_version();
+            version = Mla.mla_version();
+        } catch (IllegalCallerException e) {
+            throw new IllegalStateException(NATIVE_ACCESS_HINT, e);
+        } catch (ExceptionInInitializerError e) {
+            if (e.getCause() instanceof IllegalCallerException) {
+                throw new IllegalStateException(NATIVE_ACCESS_HINT, e.getCause());
+            }
+            if (e.getCause() instanceof java.util.NoSuchElementException) {
+                UnsatisfiedLinkError error = new UnsatisfiedLinkError(path + " (from " + source
+                        + ") does not export mla_abi_version/mla_version: it is not libmla, or one too old for"
+                        + " these bindings");
+                error.initCause(e.getCause());
+                throw error;
+            }
+            throw e;
+        }
+        int expected = Mla.MLA_ABI_VERSION();
+        if (abi != expected) {
+            throw new UnsatisfiedLinkError("libmla at " + path + " (from " + source + ") has ABI version " + abi
+                    + ", but these bindings were generated for ABI version " + expected
+                    + ": use the libmla built from the same mla.h as this jar (unset " + PATH_PROPERTY + " / "
+                    + PATH_ENV + " to use the bundled copy)");
+        }
+        return new Loaded(path, source, version, abi);
+    }
+
+    private static Path extractBundled() {
+        Properties props = new Properties();
+        try (InputStream in = NativeLibrary.class.getResourceAsStream("native/mla4j-native.properties")) {
+            if (in == null) {
+                throw new UnsatisfiedLinkError("this mla4j jar has no dev/mla4j/native/mla4j-native.properties; "
+                        + "set -D" + PATH_PROPERTY + "=/path/to/libmla.so");
+            }
+            props.load(in);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+        String platform = platform();
+        String resource = props.getProperty("resource");
+        String bundledPlatform = props.getProperty("platform");
+        if (!platform.equals(bundledPlatform)) {
+            throw new UnsatisfiedLinkError("this mla4j jar bundles libmla for " + bundledPlatform + ", not for "
+                    + platform + "; build libmla for this platform and set -D" + PATH_PROPERTY + "=/path/to/libmla");
+        }
+        byte[] bytes;
+        try (InputStream in = NativeLibrary.class.getClassLoader().getResourceAsStream(resource)) {
+            if (in == null) {
+                throw new UnsatisfiedLinkError("libmla is not bundled in this jar (missing resource " + resource
+                        + "); set -D" + PATH_PROPERTY + "=/path/to/libmla.so");
+            }
+            bytes = in.readAllBytes();
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot read bundled " + resource, e);
+        }
+        String hash = sha256(bytes).substring(0, 16);
+        String fileName = resource.substring(resource.lastIndexOf('/') + 1);
+        String user = System.getProperty("user.name", "user").replaceAll("[^A-Za-z0-9_.-]", "_");
+        Path dir = Path.of(System.getProperty("java.io.tmpdir"), "mla4j-" + user, hash);
+        Path target = dir.resolve(fileName);
+        try {
+            if (Files.isRegularFile(target) && Files.size(target) == bytes.length
+                    && sha256(Files.readAllBytes(target)).startsWith(hash)) {
+                return target;
+            }
+            Files.createDirectories(dir);
+            Path tmp = Files.createTempFile(dir, fileName, ".part");
+            try {
+                Files.write(tmp, bytes);
+                try {
+                    Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+                } catch (AtomicMoveNotSupportedException e) {
+                    Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING);
+                }
+            } finally {
+                Files.deleteIfExists(tmp);
+            }
+            return target;
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot extract bundled libmla to " + target
+                    + " (set java.io.tmpdir, or -D" + PATH_PROPERTY + "=/path/to/libmla.so)", e);
+        }
+    }
+
+    /** This JVM's platform in the bundled-library directory naming, e.g. "linux-x86_64". */
+    static String platform() {
+        String os = System.getProperty("os.name", "").toLowerCase(Locale.ROOT);
+        String arch = System.getProperty("os.arch", "").toLowerCase(Locale.ROOT);
+        String o = os.startsWith("linux") ? "linux" : os.startsWith("mac") ? "darwin" : os.startsWith("windows") ? "windows" : os;
+        String a = switch (arch) {
+            case "amd64", "x86_64" -> "x86_64";
+            case "aarch64", "arm64" -> "aarch64";
+            default -> arch;
+        };
+        return o + "-" + a;
+    }
+
+    private static String sha256(byte[] bytes) {
+        try {
+            return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(bytes));
+        } catch (NoSuchAlgorithmException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+}

@@ -1,0 +1,72 @@
+package dev.mla4j;
+
+import org.junit.jupiter.api.Test;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeTrue;
+
+/** Loading libmla in child JVMs: overrides, errors, and the native-access flag. */
+class NativeLibraryTest {
+    record Result(int exit, String output) {
+    }
+
+    private static Result probe(List<String> jvmArgs) throws IOException, InterruptedException {
+        List<String> cmd = new ArrayList<>();
+        cmd.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
+        cmd.addAll(jvmArgs);
+        cmd.add("-cp");
+        cmd.add(System.getProperty("java.class.path"));
+        cmd.add(NativeAccessProbe.class.getName());
+        ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
+        pb.environment().remove(NativeLibrary.PATH_ENV);
+        Process p = pb.start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        return new Result(p.waitFor(), out);
+    }
+
+    @Test
+    void bundledLibraryLoadsInAFreshJvm() throws Exception {
+        Result r = probe(List.of("--enable-native-access=ALL-UNNAMED"));
+        assertEquals(0, r.exit, r.output);
+        assertTrue(r.output.contains("loaded bundled"), r.output);
+        assertTrue(r.output.contains("cpu"), r.output);
+    }
+
+    @Test
+    void missingNativeAccessNamesTheFlag() throws Exception {
+        Result r = probe(List.of("--illegal-native-access=deny"));
+        assertEquals(3, r.exit, r.output);
+        assertTrue(r.output.contains("--enable-native-access=ALL-UNNAMED"), r.output);
+    }
+
+    @Test
+    void overridePropertyIsUsedAndCheckedForExistence() throws Exception {
+        Path real = NativeLibrary.path();
+        Result ok = probe(List.of("--enable-native-access=ALL-UNNAMED", "-D" + NativeLibrary.PATH_PROPERTY + "=" + real));
+        assertEquals(0, ok.exit, ok.output);
+        assertTrue(ok.output.contains("loaded system property " + NativeLibrary.PATH_PROPERTY + " " + real), ok.output);
+
+        Result missing = probe(List.of("--enable-native-access=ALL-UNNAMED",
+                "-D" + NativeLibrary.PATH_PROPERTY + "=/nonexistent/libmla.so"));
+        assertEquals(3, missing.exit, missing.output);
+        assertTrue(missing.output.contains("libmla not found at /nonexistent/libmla.so (from system property "
+                + NativeLibrary.PATH_PROPERTY + ")"), missing.output);
+    }
+
+    @Test
+    void aLibraryThatIsNotLibmlaIsRejected() throws Exception {
+        Path libm = Path.of("/lib/x86_64-linux-gnu/libm.so.6");
+        assumeTrue(Files.isRegularFile(libm), "needs " + libm);
+        Result r = probe(List.of("--enable-native-access=ALL-UNNAMED", "-D" + NativeLibrary.PATH_PROPERTY + "=" + libm));
+        assertEquals(3, r.exit, r.output);
+        assertTrue(r.output.contains("does not export mla_abi_version"), r.output);
+    }
+}

@@ -1,0 +1,135 @@
+package dev.mla4j;
+
+import org.junit.jupiter.api.Test;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.HashMap;
+import java.util.Map;
+import java.util.Optional;
+
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/** Weight and activation dtypes other than the golden files' bf16 weights / f32 activations. */
+class WeightTypesTest {
+    /** Nearest e4m3fn code of x (x within +-448). */
+    private static byte toE4m3(float x) {
+        byte best = 0;
+        float bestErr = Float.MAX_VALUE;
+        for (int c = 0; c < 256; c++) {
+            float v = DType.e4m3ToFloat((byte) c);
+            if (Float.isNaN(v)) {
+                continue;
+            }
+            float err = Math.abs(v - x);
+            if (err < bestErr) {
+                bestErr = err;
+                best = (byte) c;
+            }
+        }
+        return best;
+    }
+
+    private static final String[] MATRICES = {"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"};
+
+    /**
+     * FP8 weights with 128x128 block scales must give the same layer as the dequantized weights
+     * (w = fp8 * scale_inv) given in f32.
+     */
+    @Test
+    void fp8BlockScaledWeightsEqualTheirDequantizedF32() throws IOException {
+        try (Safetensors st = LifecycleTest.tiny(); MlaContext ctx = MlaContext.cpu(); Arena arena = Arena.ofConfined()) {
+            MlaConfig cfg = LifecycleTest.tinyConfig(st);
+            Map<String, Tensor> fp8 = new HashMap<>();
+            Map<String, Tensor> f32 = new HashMap<>();
+            for (String name : MlaLayer.WEIGHTS) {
+                Optional<Tensor> t = st.find("weights." + name + ".weight");
+                if (t.isEmpty()) {
+                    continue;
+                }
+                Tensor w = t.get();
+                float[] v = w.toFloatArray();
+                boolean matrix = java.util.Arrays.asList(MATRICES).contains(name);
+                if (!matrix) {
+                    fp8.put(name + ".weight", w);
+                    f32.put(name + ".weight", w);
+                    continue;
+                }
+                int rows = (int) w.dim(0);
+                int cols = (int) w.dim(1);
+                int br = (rows + 127) / 128;
+                int bc = (cols + 127) / 128;
+                float[] scale = new float[br * bc];
+                for (int r = 0; r < rows; r++) {
+                    for (int c = 0; c < cols; c++) {
+                        int s = (r / 128) * bc + c / 128;
+                        scale[s] = Math.max(scale[s], Math.abs(v[r * cols + c]) / 448f);
+                    }
+                }
+                MemorySegment q = arena.allocate((long) rows * cols);
+                float[] deq = new float[rows * cols];
+                for (int r = 0; r < rows; r++) {
+                    for (int c = 0; c < cols; c++) {
+                        float s = scale[(r / 128) * bc + c / 128];
+                        byte code = toE4m3(s == 0 ? 0 : v[r * cols + c] / s);
+                        q.set(ValueLayout.JAVA_BYTE, (long) r * cols + c, code);
+                        deq[r * cols + c] = DType.e4m3ToFloat(code) * s;
+                    }
+                }
+                fp8.put(name + ".weight", Tensor.of(name + ".weight", DType.F8_E4M3, w.shape(), q));
+                fp8.put(name + ".weight_scale_inv", Tensor.of(name + ".weight_scale_inv", DType.F32, new long[]{br, bc},
+                        arena.allocateFrom(ValueLayout.JAVA_FLOAT, scale)));
+                f32.put(name + ".weight", Tensor.of(name + ".weight", DType.F32, w.shape(),
+                        arena.allocateFrom(ValueLayout.JAVA_FLOAT, deq)));
+            }
+            float[] hidden = st.tensor("seq1.hidden").toFloatArray();
+            float[][] outs = new float[2][];
+            int i = 0;
+            for (Map<String, Tensor> weights : java.util.List.of(fp8, f32)) {
+                try (MlaLayer layer = MlaLayer.create(ctx, cfg, n -> Optional.ofNullable(weights.get(n)), 0, cfg.numHeads());
+                     LatentCache cache = LatentCache.create(ctx, cfg, DType.F32, 16, 1)) {
+                    int id = cache.addSequence();
+                    try (Batch b = Batch.builder(cache).add(id, 5).build()) {
+                        outs[i++] = layer.forward(b, hidden);
+                    }
+                }
+            }
+            double err = TestSupport.relErr(outs[0], outs[1]);
+            assertTrue(err <= 1e-5, "fp8 vs dequantized f32: " + err);
+            // and quantization really happened: the result differs from the bf16 original
+            double vsGolden = TestSupport.relErr(outs[0], st.tensor("seq1.output").toFloatArray());
+            assertTrue(vsGolden > 1e-4 && vsGolden < 0.2, "fp8 vs bf16 golden: " + vsGolden);
+        }
+    }
+
+    /** bf16 hidden states in, bf16 out: within the bf16 tolerance of the golden output. */
+    @Test
+    void bf16Activations() throws IOException {
+        try (Safetensors st = LifecycleTest.tiny(); MlaContext ctx = MlaContext.cpu(); Arena arena = Arena.ofConfined()) {
+            MlaConfig cfg = LifecycleTest.tinyConfig(st);
+            float[] hidden = st.tensor("seq2.hidden").toFloatArray();
+            float[] expected = st.tensor("seq2.output").toFloatArray();
+            int t = 70;
+            MemorySegment in = arena.allocate(ValueLayout.JAVA_SHORT, hidden.length);
+            for (int k = 0; k < hidden.length; k++) {
+                in.setAtIndex(ValueLayout.JAVA_SHORT, k, DType.floatToBf16(hidden[k]));
+            }
+            MemorySegment out = arena.allocate(ValueLayout.JAVA_SHORT, expected.length);
+            try (MlaLayer layer = MlaLayer.create(ctx, cfg, st, "weights.");
+                 LatentCache cache = LatentCache.create(ctx, cfg, DType.BF16, 16, 5)) {
+                int id = cache.addSequence();
+                try (Batch b = Batch.builder(cache).add(id, t).build()) {
+                    layer.forward(b, in, DType.BF16, out, DType.BF16);
+                }
+            }
+            float[] actual = new float[expected.length];
+            for (int k = 0; k < actual.length; k++) {
+                actual[k] = DType.bf16ToFloat(out.getAtIndex(ValueLayout.JAVA_SHORT, k));
+            }
+            double err = TestSupport.relErr(actual, expected);
+            assertTrue(err <= TestSupport.TOL_BF16, "bf16 activations: " + err);
+        }
+    }
+}

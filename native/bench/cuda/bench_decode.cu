@@ -1,0 +1,304 @@
+// Decode attention benchmark of the CUDA backend (absorbed MLA, latent 512 + rope 64, bf16
+// cache, page 64). Times mla attention_run (the plan is made once per step and shared by every
+// layer) from one CUDA graph of many back-to-back runs timed with events (median over graph
+// launches), rotating over enough copies of the inputs that they do not stay in L2. Prints a table and writes a CSV.
+//
+// usage: bench_decode [--torch torch.csv] [--csv out.csv] [--iters N] [--only SHAPE]
+//   torch.csv (from torch_baseline.py, same run, same GPU) gives the PyTorch bmm+softmax times
+//   and the measured copy bandwidth / matmul rate used for the floors.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "cuda/attention.cuh"
+
+using namespace mla;
+
+#define CK(x)                                                                             \
+    do {                                                                                  \
+        cudaError_t e_ = (x);                                                             \
+        if (e_ != cudaSuccess) {                                                          \
+            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x,                \
+                         cudaGetErrorString(e_));                                         \
+            std::exit(1);                                                                 \
+        }                                                                                 \
+    } while (0)
+
+struct Shape {
+    std::string name;
+    int B, L, H, n;
+    bool uneven;
+};
+
+// Same list and length formula as torch_baseline.py.
+std::vector<Shape> shapes() {
+    std::vector<Shape> v;
+    for (int B : {1, 8, 32, 64, 128})
+        for (int L : {1024, 4096, 16384})
+            v.push_back({"B" + std::to_string(B) + "_L" + std::to_string(L) + "_H128", B, L, 128, 1,
+                         false});
+    for (int H : {16, 32, 64})
+        v.push_back({"B128_L4096_H" + std::to_string(H), 128, 4096, H, 1, false});
+    v.push_back({"B128_L4096_H128_n2", 128, 4096, 128, 2, false});
+    v.push_back({"B128_uneven_H128", 128, 0, 128, 1, true});
+    return v;
+}
+
+int seq_len(const Shape& s, int b) {
+    if (!s.uneven) return s.L;
+    return 64 + int((int64_t(b) * b * 37 + int64_t(b) * 101) % 16000);
+}
+
+// FlashMLA on an H100 (figures given with the task; decode, 128 heads, page 64).
+double flashmla_ms(const Shape& s) {
+    if (s.H != 128 || s.n != 1 || s.uneven) return 0;
+    static const std::map<std::pair<int, int>, double> t = {
+        {{1, 1024}, 0.024}, {{8, 4096}, 0.042}, {{32, 4096}, 0.085},
+        {{64, 16384}, 0.520}, {{128, 4096}, 0.259}, {{128, 16384}, 1.010}};
+    auto it = t.find({s.B, s.L});
+    return it == t.end() ? 0 : it->second;
+}
+
+uint16_t to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+}
+
+int main(int argc, char** argv) {
+    std::string torch_csv, out_csv = "bench_decode.csv";
+    int iters = 15;
+    std::string only;
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--torch") && i + 1 < argc) torch_csv = argv[++i];
+        else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) out_csv = argv[++i];
+        else if (!std::strcmp(argv[i], "--iters") && i + 1 < argc) iters = std::atoi(argv[++i]);
+        else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+    }
+    std::map<std::string, double> torch_ms;
+    double copy_gbps = 0, mm_tflops = 0;
+    if (!torch_csv.empty()) {
+        std::ifstream f(torch_csv);
+        std::string line;
+        while (std::getline(f, line)) {
+            std::stringstream ss(line);
+            std::string k, v;
+            if (!std::getline(ss, k, ',') || !std::getline(ss, v, ',')) continue;
+            const double x = std::atof(v.c_str());
+            if (k == "copy_GBps") copy_gbps = x;
+            else if (k == "matmul_TFLOPs") mm_tflops = x;
+            else torch_ms[k] = x;
+        }
+    }
+    if (copy_gbps <= 0) copy_gbps = 3000;
+    if (mm_tflops <= 0) mm_tflops = 790;
+
+    std::unique_ptr<Backend> be = make_cuda_backend(0);
+    std::printf("device: %s; copy %.0f GB/s, bf16 matmul %.0f TFLOP/s (measured by torch)\n",
+                be->describe().c_str(), copy_gbps, mm_tflops);
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const size_t l2 = prop.l2CacheSize;
+
+    FILE* csv = std::fopen(out_csv.c_str(), "w");
+    std::fprintf(csv,
+                 "shape,B,L_mean,H,n,path,ms,GBps,TFLOPs,torch_ms,speedup_vs_torch,torch_graph_ms,"
+                 "speedup_vs_torch_graph,flashmla_ms,"
+                 "ratio_to_flashmla,mem_floor_ms,compute_floor_ms,floor_fraction,plan_ms\n");
+    struct Row {
+        std::string name, path;
+        double ms, gbps, tflops, tms, tgms, fms, frac;
+    };
+    std::vector<Row> rows;
+    const int page = 64, D = 576;
+    std::mt19937 rng(42);
+    for (const Shape& s : shapes()) {
+        if (!only.empty() && s.name != only) continue;
+        const int T = s.B * s.n;
+        std::vector<int> lens(s.B), qo(s.B + 1, 0);
+        int64_t tokens = 0;
+        int maxblk = 0;
+        for (int b = 0; b < s.B; ++b) {
+            lens[b] = seq_len(s, b);
+            tokens += lens[b];
+            maxblk = std::max(maxblk, (lens[b] + page - 1) / page);
+            qo[b + 1] = qo[b] + s.n;
+        }
+        int64_t nblk = 0;
+        for (int b = 0; b < s.B; ++b) nblk += (lens[b] + page - 1) / page;
+        const size_t cache_bytes = size_t(nblk) * page * D * 2;
+        // copies so that the rotation spans > 3x L2
+        const int copies = int(std::min<size_t>(160, std::max<size_t>(1, 3 * l2 / cache_bytes + 1)));
+        std::vector<int> bt(size_t(s.B) * maxblk, 0), perm(nblk);
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), rng);
+        int64_t next = 0;
+        for (int b = 0; b < s.B; ++b)
+            for (int i = 0; i < (lens[b] + page - 1) / page; ++i)
+                bt[size_t(b) * maxblk + i] = perm[next++];
+
+        // random bf16 data, generated once on the host (a block of 1M values, tiled)
+        std::vector<uint16_t> blockv(1 << 20);
+        std::normal_distribution<float> nd;
+        for (auto& v : blockv) v = to_bf16(nd(rng));
+        auto fill = [&](void* dst, size_t bytes) {
+            const size_t chunk = blockv.size() * 2;
+            for (size_t off = 0; off < bytes; off += chunk)
+                CK(cudaMemcpy(static_cast<char*>(dst) + off, blockv.data(),
+                              std::min(chunk, bytes - off), cudaMemcpyHostToDevice));
+        };
+        std::vector<void*> d_cache(copies), d_q(copies);
+        const size_t q_bytes = size_t(T) * s.H * D * 2;
+        for (int c = 0; c < copies; ++c) {
+            CK(cudaMalloc(&d_cache[c], cache_bytes));
+            fill(d_cache[c], cache_bytes);
+            CK(cudaMalloc(&d_q[c], q_bytes));
+            fill(d_q[c], q_bytes);
+        }
+        int *d_qo, *d_len, *d_bt;
+        void* d_out;
+        float* d_lse;
+        CK(cudaMalloc(&d_qo, qo.size() * 4));
+        CK(cudaMalloc(&d_len, lens.size() * 4));
+        CK(cudaMalloc(&d_bt, bt.size() * 4));
+        CK(cudaMalloc(&d_out, size_t(T) * s.H * 512 * 2));
+        CK(cudaMalloc(&d_lse, size_t(T) * s.H * 4));
+        CK(cudaMemcpy(d_qo, qo.data(), qo.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(d_len, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(d_bt, bt.data(), bt.size() * 4, cudaMemcpyHostToDevice));
+
+        AttentionParams p;
+        p.num_seqs = s.B;
+        p.num_tokens = T;
+        p.num_heads = s.H;
+        p.causal = 1;
+        p.block_table_stride = maxblk;
+        p.q_dtype = DType::BF16;
+        p.out_dtype = DType::BF16;
+        p.scale = 1.f / std::sqrt(192.f);
+        p.qo_indptr = d_qo;
+        p.seq_lens = d_len;
+        p.block_table = d_bt;
+        p.cache = CacheDesc{nullptr, DType::BF16, int32_t(nblk), page, 512, 64};
+        p.out = d_out;
+        p.lse = d_lse;
+        const size_t mdb = be->attention_metadata_bytes(s.B, T, s.H, 512);
+        const size_t wsb = be->attention_workspace_bytes(s.B, T, s.H, 512);
+        void *d_md, *d_ws;
+        CK(cudaMalloc(&d_md, mdb));
+        CK(cudaMalloc(&d_ws, wsb));
+        cudaStream_t st;
+        CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+        // plan time (once per step in an engine)
+        p.q = d_q[0];
+        p.cache.data = d_cache[0];
+        std::vector<float> plan_t;
+        for (int i = 0; i < 11; ++i) {
+            CK(cudaEventRecord(e0, st));
+            be->attention_plan(p, d_md, mdb, st);
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            plan_t.push_back(ms);
+        }
+        std::sort(plan_t.begin(), plan_t.end());
+        const double bytes_est = (double(tokens) * D * 2) / 1.5e12 * 1e3;  // ms at 1.5 TB/s
+        // One graph holding `reps` back-to-back runs that rotate over the input copies, so the
+        // timing sees GPU time, not host launch overhead (launches are slow on some hosts).
+        const int reps = std::min(400, std::max(copies, int(1.0 / (bytes_est + 0.005))));
+        cudaGraphExec_t exec;
+        {
+            cudaGraph_t g;
+            CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+            for (int r = 0; r < reps; ++r) {
+                p.q = d_q[r % copies];
+                p.cache.data = d_cache[r % copies];
+                be->attention_run(p, d_md, mdb, d_ws, wsb, st);
+            }
+            CK(cudaStreamEndCapture(st, &g));
+            CK(cudaGraphInstantiate(&exec, g, 0));
+            CK(cudaGraphDestroy(g));
+        }
+        CK(cudaGraphLaunch(exec, st));
+        CK(cudaStreamSynchronize(st));
+        std::vector<float> t;
+        for (int it = 0; it < iters; ++it) {
+            CK(cudaEventRecord(e0, st));
+            CK(cudaGraphLaunch(exec, st));
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            t.push_back(ms / reps);
+        }
+        CK(cudaGetLastError());
+        std::sort(t.begin(), t.end());
+        const double ms = t[t.size() / 2];
+        const double bytes = double(tokens) * D * 2 + double(q_bytes) + double(T) * s.H * 512 * 2;
+        const double flops = 2.0 * s.n * s.H * double(tokens) * (576 + 512);
+        const double gbps = bytes / (ms * 1e-3) / 1e9;
+        const double tflops = flops / (ms * 1e-3) / 1e12;
+        const double mem_floor = bytes / (copy_gbps * 1e9) * 1e3;
+        const double cmp_floor = flops / (mm_tflops * 1e12) * 1e3;
+        const double floor = std::max(mem_floor, cmp_floor);
+        const double tms = torch_ms.count(s.name) ? torch_ms[s.name] : 0;
+        const double tgms = torch_ms.count(s.name + "@graph") ? torch_ms[s.name + "@graph"] : 0;
+        const double fms = flashmla_ms(s);
+        const std::string path = mla::cuda::attention_path(
+            mla::cuda::DeviceInfo{0, prop.multiProcessorCount, prop.major, prop.minor,
+                                  prop.sharedMemPerBlockOptin},
+            p);
+        std::fprintf(csv, "%s,%d,%.0f,%d,%d,%s,%.4f,%.0f,%.1f,%.4f,%.2f,%.4f,%.2f,%.3f,%.2f,%.4f,%.4f,%.2f,%.4f\n",
+                     s.name.c_str(), s.B, double(tokens) / s.B, s.H, s.n, path.c_str(), ms, gbps,
+                     tflops, tms, tms > 0 ? tms / ms : 0, tgms, tgms > 0 ? tgms / ms : 0, fms,
+                     fms > 0 ? fms / ms : 0, mem_floor,
+                     cmp_floor, floor / ms, plan_t[plan_t.size() / 2]);
+        std::fflush(csv);
+        rows.push_back({s.name, path, ms, gbps, tflops, tms, tgms, fms, floor / ms});
+        cudaGraphExecDestroy(exec);
+        for (int c = 0; c < copies; ++c) {
+            cudaFree(d_cache[c]);
+            cudaFree(d_q[c]);
+        }
+        cudaFree(d_qo);
+        cudaFree(d_len);
+        cudaFree(d_bt);
+        cudaFree(d_out);
+        cudaFree(d_lse);
+        cudaFree(d_md);
+        cudaFree(d_ws);
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+        cudaStreamDestroy(st);
+    }
+    std::fclose(csv);
+    std::printf("\n%-20s %8s %6s %7s %8s %7s %8s %7s %8s %6s %5s\n", "shape", "ms", "GB/s",
+                "TFLOP/s", "torch", "x torch", "torch_g", "x tg", "flashmla", "x fmla", "floor");
+    for (const Row& r : rows)
+        std::printf("%-20s %8.4f %6.0f %7.1f %8.4f %7.2f %8.4f %7.2f %8.3f %6.2f %5.2f\n",
+                    r.name.c_str(), r.ms, r.gbps, r.tflops, r.tms, r.tms > 0 ? r.tms / r.ms : 0.0,
+                    r.tgms, r.tgms > 0 ? r.tgms / r.ms : 0.0, r.fms, r.fms > 0 ? r.fms / r.ms : 0.0,
+                    r.frac);
+    std::printf("(torch = eager bmm+softmax, torch_g = the same captured in a CUDA graph; x = their "
+                "time / ours;\n x fmla = FlashMLA's published H100 time / ours; floor = max(memory, "
+                "compute) floor / ours)\n");
+    return 0;
+}

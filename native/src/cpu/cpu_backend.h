@@ -1,0 +1,53 @@
+// The CPU backend: host memory, a persistent thread pool and per-ISA kernels.
+#pragma once
+
+#include <memory>
+
+#include "backend.h"
+#include "cpu/kernels.h"
+#include "cpu/thread_pool.h"
+
+namespace mla::cpu {
+
+class CpuBackend final : public Backend {
+public:
+    CpuBackend(int32_t num_threads, const Kernels& k);
+
+    mla_backend kind() const override { return MLA_BACKEND_CPU; }
+    std::string describe() const override;
+
+    void* alloc(size_t bytes) override;
+    void dealloc(void* p) noexcept override;
+    void copy_from_host(void* dst, const void* host_src, size_t bytes, void* stream) override;
+    void copy_to_host(void* host_dst, const void* src, size_t bytes, void* stream) override;
+    void copy(void* dst, const void* src, size_t bytes, void* stream) override;
+
+    void compress(const CompressParams& p, void* stream) override;
+
+    size_t attention_metadata_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
+                                    int32_t dc) const override;
+    size_t attention_workspace_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
+                                     int32_t dc) const override;
+    void attention_plan(const AttentionParams& p, void* metadata, size_t metadata_bytes,
+                        void* stream) override;
+    void attention_run(const AttentionParams& p, const void* metadata, size_t metadata_bytes,
+                       void* workspace, size_t workspace_bytes, void* stream) override;
+
+    std::unique_ptr<LayerImpl> create_layer(const LayerSpec& spec, const PreparedWeights& w) override;
+
+    const Kernels& kernels() const { return k_; }
+    ThreadPool& pool() { return pool_; }
+    int threads() const { return pool_.size(); }
+
+    // fn(i) for i in [0, n), over the pool.
+    template <class F>
+    void parallel_for(int64_t n, const F& fn) {
+        pool_.run(n, [&](int64_t i, int) { fn(i); });
+    }
+
+private:
+    const Kernels& k_;
+    ThreadPool pool_;
+};
+
+}  // namespace mla::cpu

@@ -1,0 +1,1267 @@
+// Absorbed MLA decode attention over a paged latent cache.
+//
+// Work decomposition. A sequence b with n_b query tokens and H heads has n_b * H query rows
+// (row R = token j * H + head h), cut into head tiles of M rows, so several query tokens of one
+// sequence (MTP) share the key stream. CTAs come in groups of R = ceil(H / M): the CTAs of a
+// group walk the same keys at the same time, each with its own head tile, so the second read of
+// a key tile hits L2. A segment is (sequence, pass); pass p holds head tiles p*R .. p*R+R-1.
+// A segment's keys are cut into tiles of BN keys ("units"; an empty sequence still counts one
+// unit so that someone writes its output). All segments' units are laid end to end and cut into
+// NG equal ranges, one per group of a single persistent wave: every SM gets the same number of
+// key tiles whatever the lengths are. A CTA walks its range segment by segment; a segment
+// covered by one group is written straight to out, a segment cut between groups leaves f32
+// partials (O, lse) in the workspace that the combine kernel merges.
+//
+// The plan (one CTA, on device) writes the segment table and the list of cut segments into
+// the metadata buffer; run reads it, so neither needs a host sync.
+#include "attention.cuh"
+#include "common.cuh"
+#include "wgmma.cuh"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+namespace mla {
+namespace cuda {
+
+namespace {
+
+constexpr int kThreads = 256;            // 8 warps per CTA for the mma kernel
+constexpr int kDc = 512, kDr = 64, kD = kDc + kDr;
+constexpr int kChunks = kD / 8;          // 16-byte chunks per cache entry (bf16)
+constexpr int kRowBytes = kD * 2;
+constexpr int kHeader = 16;              // ints in the metadata header
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// ------------------------------------------------------------------------------------------
+// Metadata layout (int32): header, then
+//   seg_b[Smax], seg_m[Smax], seg_prefix[Smax + 1], split[G], seq_segoff[B + 1],
+//   seq_unitoff[B + 1]
+// header: [0] U (units), [1] S (segments), [2] number of cut segments, [3] groups, [4] M,
+// [5] BN, [6] R. A segment is (sequence, pass): pass p covers head tiles p*R .. p*R+R-1, one per
+// CTA of a group.
+// ------------------------------------------------------------------------------------------
+struct Layout {
+    int64_t smax = 0, g = 0, b = 0;
+    __host__ __device__ int64_t seg_b() const { return kHeader; }
+    __host__ __device__ int64_t seg_m() const { return kHeader + smax; }
+    __host__ __device__ int64_t seg_prefix() const { return kHeader + 2 * smax; }
+    __host__ __device__ int64_t split() const { return kHeader + 3 * smax + 1; }
+    __host__ __device__ int64_t seq_segoff() const { return split() + g; }
+    __host__ __device__ int64_t seq_unitoff() const { return seq_segoff() + b + 1; }
+    __host__ __device__ int64_t total_ints() const { return seq_unitoff() + b + 1; }
+};
+
+// Rows per tile for a head count: 16, 32 or 64.
+int rows_per_tile(int heads) {
+    if (heads <= 16) return 16;
+    if (heads <= 32) return 32;
+    return 64;
+}
+
+size_t mma_smem_bytes(int M, int BN) {
+    const int WC = BN / 16;
+    size_t s = size_t(M) * kRowBytes + 2 * size_t(BN) * kRowBytes + size_t(M) * BN * 2;
+    s += size_t(WC) * M * 4;        // cross-warp row max / row sum (aliased)
+    s += size_t(M) * 4 * 5;         // m, l, alpha, qrow, limit
+    return s;
+}
+
+// Key tile size of the mma kernel for M rows on this device; 0 = does not fit (generic path).
+int pick_bn(const DeviceInfo& dev, int M) {
+    for (int bn : {64, 32, 16})
+        if (mma_smem_bytes(M, bn) <= dev.smem_optin) return bn;
+    return 0;
+}
+
+struct Sched {
+    int M = 64, BN = 64;
+    int R = 1;    // CTAs per group: head tiles processed side by side over the same keys
+    int NG = 1;   // groups; the unit ranges are cut into NG pieces
+    int G = 1;    // CTAs = NG * R
+    int64_t smax = 0;
+};
+
+bool use_wgmma(const DeviceInfo& dev, int M) { return dev.wgmma && M == 64; }
+
+Sched schedule(const DeviceInfo& dev, int B, int T, int H) {
+    Sched s;
+    s.M = rows_per_tile(H);
+    s.BN = use_wgmma(dev, s.M) ? 64 : pick_bn(dev, s.M);
+    if (s.BN == 0) s.BN = 64;
+    const int sms = std::max(1, dev.sm_count);
+    s.R = std::min(sms, (H + s.M - 1) / s.M);
+    s.NG = std::max(1, sms / s.R);
+    s.G = s.NG * s.R;
+    s.smax = int64_t(B) + (int64_t(T) * H + s.M - 1) / s.M;
+    return s;
+}
+
+__host__ __device__ inline int owner_of(int64_t u, int64_t U, int64_t G) {
+    // largest g with floor(g * U / G) <= u
+    int64_t g = ((u + 1) * G - 1) / U;
+    return int(g < G - 1 ? g : G - 1);
+}
+__host__ __device__ inline int64_t range_begin(int64_t g, int64_t U, int64_t G) {
+    return g * U / G;
+}
+
+// ------------------------------------------------------------------------------------------
+// Plan
+// ------------------------------------------------------------------------------------------
+struct PlanArgs {
+    const int32_t* qo_indptr;
+    const int32_t* seq_lens;
+    int32_t* md;
+    int B, H, M, BN, G, R;  // G: groups (NG)
+    Layout lay;
+};
+
+constexpr int kPlanThreads = 1024;
+
+__global__ void __launch_bounds__(kPlanThreads) plan_kernel(PlanArgs a) {
+    __shared__ int s_a[kPlanThreads], s_u[kPlanThreads];
+    __shared__ int s_carry_a, s_carry_u, s_nsplit;
+    const int tid = threadIdx.x;
+    int32_t* seg_b = a.md + a.lay.seg_b();
+    int32_t* seg_m = a.md + a.lay.seg_m();
+    int32_t* seg_prefix = a.md + a.lay.seg_prefix();
+    int32_t* split = a.md + a.lay.split();
+    int32_t* seq_segoff = a.md + a.lay.seq_segoff();
+    int32_t* seq_unitoff = a.md + a.lay.seq_unitoff();
+    if (tid == 0) { s_carry_a = 0; s_carry_u = 0; s_nsplit = 0; }
+    __syncthreads();
+    for (int base = 0; base < a.B; base += kPlanThreads) {
+        const int b = base + tid;
+        int mt = 0, un = 0;
+        if (b < a.B) {
+            const int n = a.qo_indptr[b + 1] - a.qo_indptr[b];
+            const int L = max(a.seq_lens[b], 0);
+            mt = n > 0 ? int(((int64_t(n) * a.H + a.M - 1) / a.M + a.R - 1) / a.R) : 0;
+            const int units = max(1, (L + a.BN - 1) / a.BN);
+            un = mt * units;
+        }
+        s_a[tid] = mt;
+        s_u[tid] = un;
+        __syncthreads();
+        for (int off = 1; off < kPlanThreads; off <<= 1) {  // inclusive scan
+            int va = tid >= off ? s_a[tid - off] : 0;
+            int vu = tid >= off ? s_u[tid - off] : 0;
+            __syncthreads();
+            s_a[tid] += va;
+            s_u[tid] += vu;
+            __syncthreads();
+        }
+        if (b < a.B) {
+            seq_segoff[b] = s_carry_a + s_a[tid] - mt;
+            seq_unitoff[b] = s_carry_u + s_u[tid] - un;
+        }
+        __syncthreads();
+        if (tid == 0) {
+            s_carry_a += s_a[kPlanThreads - 1];
+            s_carry_u += s_u[kPlanThreads - 1];
+        }
+        __syncthreads();
+    }
+    const int S = s_carry_a, U = s_carry_u;
+    if (tid == 0) {
+        seq_segoff[a.B] = S;
+        seq_unitoff[a.B] = U;
+        seg_prefix[S] = U;
+    }
+    for (int b = tid; b < a.B; b += kPlanThreads) {
+        const int n = a.qo_indptr[b + 1] - a.qo_indptr[b];
+        const int L = max(a.seq_lens[b], 0);
+        const int mt = n > 0 ? int(((int64_t(n) * a.H + a.M - 1) / a.M + a.R - 1) / a.R) : 0;
+        const int units = max(1, (L + a.BN - 1) / a.BN);
+        const int s0 = seq_segoff[b], u0 = seq_unitoff[b];
+        for (int m = 0; m < mt; ++m) {
+            seg_b[s0 + m] = b;
+            seg_m[s0 + m] = m;
+            seg_prefix[s0 + m] = u0 + m * units;
+        }
+    }
+    __syncthreads();
+    for (int s = tid; s < S; s += kPlanThreads) {
+        const int g0 = owner_of(seg_prefix[s], U, a.G);
+        const int g1 = owner_of(seg_prefix[s + 1] - 1, U, a.G);
+        if (g0 != g1) split[atomicAdd(&s_nsplit, 1)] = s;
+    }
+    __syncthreads();
+    if (tid == 0) {
+        a.md[0] = U;
+        a.md[1] = S;
+        a.md[2] = s_nsplit;
+        a.md[3] = a.G;
+        a.md[4] = a.M;
+        a.md[5] = a.BN;
+        a.md[6] = a.R;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Decode kernel: mma.sync bf16, dc = 512, dr = 64, bf16 cache
+// ------------------------------------------------------------------------------------------
+struct RunArgs {
+    const void* q;
+    int q_f32;
+    const int32_t* qo_indptr;
+    const int32_t* seq_lens;
+    const int32_t* block_table;
+    int64_t bt_stride;
+    const uint16_t* cache;
+    int page_shift;
+    void* out;
+    int out_f32;
+    float* lse;
+    const int32_t* md;
+    float* ws_o;     // [2G][M][512]
+    float* ws_lse;   // [2G][M]
+    int H, causal, M, G;  // G: CTAs
+    int R, NG;            // CTAs per group, groups
+    float scale_log2;
+    Layout lay;
+};
+
+// Byte offset of 16-byte chunk c of row r in a swizzled [rows][72 chunks] tile.
+__device__ __forceinline__ uint32_t swz(int r, int c) {
+    return uint32_t(r * kRowBytes + ((c ^ (r & 7)) << 4));
+}
+// Byte offset in the P tile [M][BN] bf16 (BN / 8 chunks per row).
+template <int BN>
+__device__ __forceinline__ uint32_t pswz(int r, int c) {
+    if constexpr (BN == 64) return uint32_t(r * 128 + ((c ^ (r & 7)) << 4));
+    else if constexpr (BN == 32) return uint32_t(r * 64 + ((c ^ ((r >> 1) & 3)) << 4));
+    else return uint32_t(r * 32 + ((c ^ ((r >> 2) & 1)) << 4));
+}
+
+template <int MT, int BN>
+__global__ void __launch_bounds__(kThreads, 1) decode_mma_kernel(RunArgs a) {
+    constexpr int M = MT * 16;
+    constexpr int WC = BN / 16;              // warps along keys in the score phase
+    constexpr int WR = 8 / WC;               // warps along rows
+    constexpr int MTW = MT / WR > 0 ? MT / WR : 1;  // m-tiles per warp in the score phase
+    constexpr int TPK = kThreads / BN;       // threads per key row when loading
+    extern __shared__ __align__(128) uint8_t smem[];
+    uint8_t* sQ = smem;
+    uint8_t* sK = sQ + M * kRowBytes;
+    uint8_t* sP = sK + 2 * BN * kRowBytes;
+    float* s_red = reinterpret_cast<float*>(sP + M * BN * 2);   // [WC][M]
+    float* s_m = s_red + WC * M;
+    float* s_l = s_m + M;
+    float* s_alpha = s_l + M;
+    int* s_qrow = reinterpret_cast<int*>(s_alpha + M);
+    int* s_lim = s_qrow + M;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = blockIdx.x;
+    const int grp = g / a.R, rr = g - grp * a.R;
+    const int U = a.md[0], S = a.md[1];
+    if (U <= 0) return;
+    const int64_t ubeg = range_begin(grp, U, a.NG), uend = range_begin(grp + 1, U, a.NG);
+    if (ubeg >= uend) return;
+    const int32_t* seg_b = a.md + a.lay.seg_b();
+    const int32_t* seg_m = a.md + a.lay.seg_m();
+    const int32_t* seg_prefix = a.md + a.lay.seg_prefix();
+
+    // first segment: last s with seg_prefix[s] <= ubeg
+    int lo = 0, hi = S - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (seg_prefix[mid] <= ubeg) lo = mid; else hi = mid - 1;
+    }
+    const uint32_t sQa = smem_addr(sQ), sKa = smem_addr(sK), sPa = smem_addr(sP);
+    const int wr = warp / WC, wc = warp % WC;
+    const bool s_active = wr * MTW < MT;
+
+    for (int s = lo; s < S && seg_prefix[s] < uend; ++s) {
+        const int p0 = seg_prefix[s], p1 = seg_prefix[s + 1];
+        const int b = seg_b[s];
+        const int qo0 = a.qo_indptr[b];
+        const int n = a.qo_indptr[b + 1] - qo0;
+        const int mtile = seg_m[s] * a.R + rr;
+        if (mtile * M >= n * a.H) continue;  // this pass has no head tile for this CTA
+        const int L = max(a.seq_lens[b], 0);
+        const int ntiles = (L + BN - 1) / BN;
+        const int t0 = int((ubeg > p0 ? ubeg : int64_t(p0)) - p0);
+        const int t1 = min(int((uend < p1 ? uend : int64_t(p1)) - p0), ntiles);
+        const bool cut = owner_of(p0, U, a.NG) != owner_of(p1 - 1, U, a.NG);
+        const int slot = 2 * g + (ubeg >= p0 ? 0 : 1);
+
+        __syncthreads();  // previous piece fully done with shared memory
+        if (tid < M) {
+            const int R = mtile * M + tid;
+            int qrow = -1, lim = 0;
+            if (R < n * a.H) {
+                const int j = R / a.H, h = R - j * a.H;
+                qrow = (qo0 + j) * a.H + h;
+                lim = a.causal ? L - n + j + 1 : L;
+                lim = max(0, min(lim, L));
+            }
+            s_qrow[tid] = qrow;
+            s_lim[tid] = lim;
+            s_m[tid] = -INFINITY;
+            s_l[tid] = 0.f;
+        }
+        __syncthreads();
+
+        const int32_t* bt = a.block_table + int64_t(b) * a.bt_stride;
+        const int pmask = (1 << a.page_shift) - 1;
+        const int my_key = tid / TPK, my_c0 = tid % TPK;
+        auto key_src = [&](int t) -> const uint16_t* {
+            const int kpos = t * BN + my_key;
+            if (kpos >= L) return nullptr;
+            const int blk = __ldg(bt + (kpos >> a.page_shift));
+            return a.cache + (int64_t(blk) * (pmask + 1) + (kpos & pmask)) * kD;
+        };
+        auto issue_tile = [&](int t, const uint16_t* src) {
+            const uint32_t dst = sKa + ((t - t0) & 1) * (BN * kRowBytes);
+            for (int c = my_c0; c < kChunks; c += TPK)
+                cp_async16(dst + swz(my_key, c), src ? src + c * 8 : a.cache, src ? 16 : 0);
+        };
+
+        float o[MT][8][4];
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) o[i][j][e] = 0.f;
+
+        if (t0 < t1) {
+            // Q tile
+            if (!a.q_f32) {
+                const uint16_t* q = static_cast<const uint16_t*>(a.q);
+                for (int i = tid; i < M * kChunks; i += kThreads) {
+                    const int r = i / kChunks, c = i - r * kChunks;
+                    const int qrow = s_qrow[r];
+                    cp_async16(sQa + swz(r, c), qrow >= 0 ? q + int64_t(qrow) * kD + c * 8 : q,
+                               qrow >= 0 ? 16 : 0);
+                }
+            } else {
+                const float* q = static_cast<const float*>(a.q);
+                for (int i = tid; i < M * kChunks; i += kThreads) {
+                    const int r = i / kChunks, c = i - r * kChunks;
+                    const int qrow = s_qrow[r];
+                    uint4 v = make_uint4(0, 0, 0, 0);
+                    if (qrow >= 0) {
+                        const float4* src =
+                            reinterpret_cast<const float4*>(q + int64_t(qrow) * kD + c * 8);
+                        const float4 x0 = __ldg(src), x1 = __ldg(src + 1);
+                        v.x = pack_bf16x2(x0.x, x0.y);
+                        v.y = pack_bf16x2(x0.z, x0.w);
+                        v.z = pack_bf16x2(x1.x, x1.y);
+                        v.w = pack_bf16x2(x1.z, x1.w);
+                    }
+                    *reinterpret_cast<uint4*>(sQ + swz(r, c)) = v;
+                }
+            }
+            issue_tile(t0, key_src(t0));
+            cp_async_commit();
+            const uint16_t* next_src = t0 + 1 < t1 ? key_src(t0 + 1) : nullptr;
+
+            for (int t = t0; t < t1; ++t) {
+                if (t + 1 < t1) {
+                    issue_tile(t + 1, next_src);
+                    cp_async_commit();
+                    if (t + 2 < t1) next_src = key_src(t + 2);
+                    cp_async_wait<1>();
+                } else {
+                    cp_async_wait<0>();
+                }
+                __syncthreads();
+                const uint32_t kbase = sKa + ((t - t0) & 1) * (BN * kRowBytes);
+
+                // ---- scores: rows [wr*MTW*16, +MTW*16), keys [wc*16, +16)
+                float sc[MTW][2][4];
+#pragma unroll
+                for (int i = 0; i < MTW; ++i)
+#pragma unroll
+                    for (int j = 0; j < 2; ++j)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) sc[i][j][e] = 0.f;
+                if (s_active) {
+                    const int krow = wc * 16 + (lane & 7) + ((lane >> 4) << 3);
+                    const int kc = (lane >> 3) & 1;
+#pragma unroll 6
+                    for (int ks = 0; ks < kChunks / 2; ++ks) {
+                        uint32_t bq[4];
+                        ldmatrix_x4(kbase + swz(krow, ks * 2 + kc), bq[0], bq[1], bq[2], bq[3]);
+#pragma unroll
+                        for (int i = 0; i < MTW; ++i) {
+                            uint32_t af[4];
+                            const int r = (wr * MTW + i) * 16 + (lane & 15);
+                            ldmatrix_x4(sQa + swz(r, ks * 2 + (lane >> 4)), af[0], af[1], af[2],
+                                        af[3]);
+                            mma_bf16_16816(sc[i][0], af, bq[0], bq[1]);
+                            mma_bf16_16816(sc[i][1], af, bq[2], bq[3]);
+                        }
+                    }
+                    // scale, mask, row max
+#pragma unroll
+                    for (int i = 0; i < MTW; ++i)
+#pragma unroll
+                        for (int hf = 0; hf < 2; ++hf) {
+                            const int r = (wr * MTW + i) * 16 + (lane >> 2) + hf * 8;
+                            const int lim = s_lim[r];
+                            float mx = -INFINITY;
+#pragma unroll
+                            for (int j = 0; j < 2; ++j)
+#pragma unroll
+                                for (int e = 0; e < 2; ++e) {
+                                    const int key = t * BN + wc * 16 + j * 8 + (lane & 3) * 2 + e;
+                                    float v = sc[i][j][hf * 2 + e] * a.scale_log2;
+                                    v = key < lim ? v : -INFINITY;
+                                    sc[i][j][hf * 2 + e] = v;
+                                    mx = fmaxf(mx, v);
+                                }
+                            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                            if ((lane & 3) == 0) s_red[wc * M + r] = mx;
+                        }
+                }
+                __syncthreads();
+                if (tid < M) {
+                    float mx = s_red[tid];
+#pragma unroll
+                    for (int c = 1; c < WC; ++c) mx = fmaxf(mx, s_red[c * M + tid]);
+                    const float mold = s_m[tid];
+                    const float mnew = fmaxf(mold, mx);
+                    s_alpha[tid] = mnew == -INFINITY ? 1.f : exp2f(mold - mnew);
+                    s_m[tid] = mnew;
+                }
+                __syncthreads();
+                if (s_active) {
+#pragma unroll
+                    for (int i = 0; i < MTW; ++i)
+#pragma unroll
+                        for (int hf = 0; hf < 2; ++hf) {
+                            const int r = (wr * MTW + i) * 16 + (lane >> 2) + hf * 8;
+                            float mu = s_m[r];
+                            mu = mu == -INFINITY ? 0.f : mu;
+                            float sum = 0.f;
+#pragma unroll
+                            for (int j = 0; j < 2; ++j) {
+                                const float p0 = exp2f(sc[i][j][hf * 2] - mu);
+                                const float p1 = exp2f(sc[i][j][hf * 2 + 1] - mu);
+                                sum += p0 + p1;
+                                const int col = wc * 16 + j * 8 + (lane & 3) * 2;
+                                *reinterpret_cast<uint32_t*>(sP + pswz<BN>(r, col >> 3) +
+                                                             (col & 7) * 2) = pack_bf16x2(p0, p1);
+                            }
+                            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+                            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+                            if ((lane & 3) == 0) s_red[wc * M + r] = sum;
+                        }
+                }
+                __syncthreads();
+                if (tid < M) {
+                    float sum = 0.f;
+#pragma unroll
+                    for (int c = 0; c < WC; ++c) sum += s_red[c * M + tid];
+                    s_l[tid] = s_l[tid] * s_alpha[tid] + sum;
+                }
+                // ---- O[:, warp*64 .. +64] = alpha * O + P V
+#pragma unroll
+                for (int i = 0; i < MT; ++i) {
+                    const float a0 = s_alpha[i * 16 + (lane >> 2)];
+                    const float a1 = s_alpha[i * 16 + (lane >> 2) + 8];
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) {
+                        o[i][j][0] *= a0;
+                        o[i][j][1] *= a0;
+                        o[i][j][2] *= a1;
+                        o[i][j][3] *= a1;
+                    }
+                }
+#pragma unroll
+                for (int ks = 0; ks < BN / 16; ++ks) {
+                    uint32_t pf[MT][4];
+#pragma unroll
+                    for (int i = 0; i < MT; ++i)
+                        ldmatrix_x4(sPa + pswz<BN>(i * 16 + (lane & 15), ks * 2 + (lane >> 4)),
+                                    pf[i][0], pf[i][1], pf[i][2], pf[i][3]);
+                    const int vrow = ks * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+#pragma unroll
+                    for (int nb = 0; nb < 4; ++nb) {
+                        uint32_t v0, v1, v2, v3;
+                        ldmatrix_x4_trans(kbase + swz(vrow, warp * 8 + nb * 2 + (lane >> 4)), v0,
+                                          v1, v2, v3);
+#pragma unroll
+                        for (int i = 0; i < MT; ++i) {
+                            mma_bf16_16816(o[i][nb * 2], pf[i], v0, v1);
+                            mma_bf16_16816(o[i][nb * 2 + 1], pf[i], v2, v3);
+                        }
+                    }
+                }
+                __syncthreads();
+            }
+        }
+
+        // ---- write this piece
+        if (t0 >= t1) __syncthreads();
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                const int r = i * 16 + (lane >> 2) + hf * 8;
+                const int qrow = s_qrow[r];
+                if (qrow < 0) continue;
+                const float l = s_l[r];
+                const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const int col = warp * 64 + j * 8 + (lane & 3) * 2;
+                    const float v0 = o[i][j][hf * 2] * inv, v1 = o[i][j][hf * 2 + 1] * inv;
+                    if (cut) {
+                        float* dst = a.ws_o + (int64_t(slot) * M + r) * kDc + col;
+                        *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+                    } else if (a.out_f32) {
+                        float* dst = static_cast<float*>(a.out) + int64_t(qrow) * kDc + col;
+                        *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+                    } else {
+                        uint16_t* dst = static_cast<uint16_t*>(a.out) + int64_t(qrow) * kDc + col;
+                        *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(v0, v1);
+                    }
+                }
+            }
+        if (tid < M) {
+            const int qrow = s_qrow[tid];
+            const float l = s_l[tid];
+            if (qrow >= 0) {
+                if (cut) {
+                    a.ws_lse[int64_t(slot) * M + tid] =
+                        l > 0.f ? (s_m[tid] + log2f(l)) * kLn2 : -INFINITY;
+                } else if (a.lse) {
+                    a.lse[qrow] = l > 0.f ? (s_m[tid] + log2f(l)) * kLn2 : INFINITY;
+                }
+            }
+        }
+    }
+}
+
+
+// ------------------------------------------------------------------------------------------
+// Decode kernel for sm_90a: warpgroup MMA (wgmma), M = 64 rows, BN = 64 keys, two warpgroups.
+// Shared-memory tiles use the 128-byte swizzled layout that wgmma descriptors read: a tile of
+// R rows x 576 columns is 9 column blocks of [R rows][64 bf16 = 128 B], chunk c of row r at
+// ((c ^ (r & 7)) << 4). Scores: warpgroup w computes S[:, 32w .. 32w+32) = Q K^T (K-major A
+// and B). Softmax statistics are exchanged through shared memory; P (bf16) goes to shared
+// memory; then warpgroup w computes O[:, 256w .. 256w+256) += P V with V read MN-major from
+// the same key tile.
+// ------------------------------------------------------------------------------------------
+constexpr int kWgM = 64, kWgBN = 64;
+constexpr size_t kWgSmem = 1024 + size_t(kWgM) * kRowBytes + 2 * size_t(kWgBN) * kRowBytes +
+                           size_t(kWgM) * kWgBN * 2 + 4 * kWgM * 4 + 2 * kWgM * 4;
+
+__device__ __forceinline__ uint32_t sw128(int row, int chunk, int rows) {
+    return uint32_t((chunk >> 3) * rows * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+}
+__device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+    return uint64_t((saddr & 0x3FFFF) >> 4) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
+           (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
+}
+
+__global__ void __launch_bounds__(kThreads, 1) decode_wgmma_kernel(RunArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int M = kWgM, BN = kWgBN, TPK = kThreads / BN;
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                               ~uintptr_t(1023));
+    uint8_t* sQ = smem;
+    uint8_t* sK = sQ + M * kRowBytes;
+    uint8_t* sP = sK + 2 * BN * kRowBytes;
+    float* red_max = reinterpret_cast<float*>(sP + M * BN * 2);  // [2][M]
+    float* red_sum = red_max + 2 * M;                           // [2][M]
+    int* s_qrow = reinterpret_cast<int*>(red_sum + 2 * M);
+    int* s_lim = s_qrow + M;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg = warp >> 2, wq = warp & 3;
+    const int r0 = wq * 16 + (lane >> 2), r1 = r0 + 8;
+    const int g = blockIdx.x;
+    const int grp = g / a.R, rr = g - grp * a.R;
+    const int U = a.md[0], S = a.md[1];
+    if (U <= 0) return;
+    const int64_t ubeg = range_begin(grp, U, a.NG), uend = range_begin(grp + 1, U, a.NG);
+    if (ubeg >= uend) return;
+    const int32_t* seg_b = a.md + a.lay.seg_b();
+    const int32_t* seg_m = a.md + a.lay.seg_m();
+    const int32_t* seg_prefix = a.md + a.lay.seg_prefix();
+    int lo = 0, hi = S - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (seg_prefix[mid] <= ubeg) lo = mid; else hi = mid - 1;
+    }
+    const uint32_t sQa = smem_addr(sQ), sKa = smem_addr(sK), sPa = smem_addr(sP);
+
+    for (int s = lo; s < S && seg_prefix[s] < uend; ++s) {
+        const int p0 = seg_prefix[s], p1 = seg_prefix[s + 1];
+        const int b = seg_b[s];
+        const int qo0 = a.qo_indptr[b];
+        const int n = a.qo_indptr[b + 1] - qo0;
+        const int mtile = seg_m[s] * a.R + rr;
+        if (mtile * M >= n * a.H) continue;  // this pass has no head tile for this CTA
+        const int L = max(a.seq_lens[b], 0);
+        const int ntiles = (L + BN - 1) / BN;
+        const int t0 = int((ubeg > p0 ? ubeg : int64_t(p0)) - p0);
+        const int t1 = min(int((uend < p1 ? uend : int64_t(p1)) - p0), ntiles);
+        const bool cut = owner_of(p0, U, a.NG) != owner_of(p1 - 1, U, a.NG);
+        const int slot = 2 * g + (ubeg >= p0 ? 0 : 1);
+
+        __syncthreads();
+        if (tid < M) {
+            const int R = mtile * M + tid;
+            int qrow = -1, lim = 0;
+            if (R < n * a.H) {
+                const int j = R / a.H, h = R - j * a.H;
+                qrow = (qo0 + j) * a.H + h;
+                lim = a.causal ? L - n + j + 1 : L;
+                lim = max(0, min(lim, L));
+            }
+            s_qrow[tid] = qrow;
+            s_lim[tid] = lim;
+        }
+        __syncthreads();
+        const int lim0 = s_lim[r0], lim1 = s_lim[r1];
+        float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+        const int32_t* bt = a.block_table + int64_t(b) * a.bt_stride;
+        const int pmask = (1 << a.page_shift) - 1;
+        const int my_key = tid / TPK, my_c0 = tid % TPK;
+        auto key_src = [&](int t) -> const uint16_t* {
+            const int kpos = t * BN + my_key;
+            if (kpos >= L) return nullptr;
+            const int blk = __ldg(bt + (kpos >> a.page_shift));
+            return a.cache + (int64_t(blk) * (pmask + 1) + (kpos & pmask)) * kD;
+        };
+        auto issue_tile = [&](int t, const uint16_t* src) {
+            const uint32_t dst = sKa + ((t - t0) & 1) * (BN * kRowBytes);
+            for (int c = my_c0; c < kChunks; c += TPK)
+                cp_async16(dst + sw128(my_key, c, BN), src ? src + c * 8 : a.cache, src ? 16 : 0);
+        };
+
+        float o[128];
+#pragma unroll
+        for (int i = 0; i < 128; ++i) o[i] = 0.f;
+
+        if (t0 < t1) {
+            if (!a.q_f32) {
+                const uint16_t* q = static_cast<const uint16_t*>(a.q);
+                for (int i = tid; i < M * kChunks; i += kThreads) {
+                    const int r = i / kChunks, c = i - r * kChunks;
+                    const int qrow = s_qrow[r];
+                    cp_async16(sQa + sw128(r, c, M), qrow >= 0 ? q + int64_t(qrow) * kD + c * 8 : q,
+                               qrow >= 0 ? 16 : 0);
+                }
+            } else {
+                const float* q = static_cast<const float*>(a.q);
+                for (int i = tid; i < M * kChunks; i += kThreads) {
+                    const int r = i / kChunks, c = i - r * kChunks;
+                    const int qrow = s_qrow[r];
+                    uint4 v = make_uint4(0, 0, 0, 0);
+                    if (qrow >= 0) {
+                        const float4* src =
+                            reinterpret_cast<const float4*>(q + int64_t(qrow) * kD + c * 8);
+                        const float4 x0 = __ldg(src), x1 = __ldg(src + 1);
+                        v.x = pack_bf16x2(x0.x, x0.y);
+                        v.y = pack_bf16x2(x0.z, x0.w);
+                        v.z = pack_bf16x2(x1.x, x1.y);
+                        v.w = pack_bf16x2(x1.z, x1.w);
+                    }
+                    *reinterpret_cast<uint4*>(sQ + sw128(r, c, M)) = v;
+                }
+            }
+            issue_tile(t0, key_src(t0));
+            cp_async_commit();
+            const uint16_t* next_src = t0 + 1 < t1 ? key_src(t0 + 1) : nullptr;
+
+            for (int t = t0; t < t1; ++t) {
+                if (t + 1 < t1) {
+                    issue_tile(t + 1, next_src);
+                    cp_async_commit();
+                    if (t + 2 < t1) next_src = key_src(t + 2);
+                    cp_async_wait<1>();
+                } else {
+                    cp_async_wait<0>();
+                }
+                fence_proxy_async();
+                __syncthreads();
+                const uint32_t kst = sKa + ((t - t0) & 1) * (BN * kRowBytes);
+
+                float sc[16];
+#pragma unroll
+                for (int i = 0; i < 16; ++i) sc[i] = 0.f;
+                wgmma_fence();
+                // descriptors advance by plain adds on the encoded (>> 4) address field
+                const uint64_t da0 = make_desc(sQa, 0, 1024);
+                const uint64_t db0 = make_desc(kst + wg * 32 * 128, 0, 1024);
+#pragma unroll
+                for (int ks = 0; ks < kChunks / 2; ++ks) {
+                    const uint32_t kk = (ks & 3) * 32;
+                    wgmma_m64n32k16(sc, da0 + (((ks >> 2) * (M * 128) + kk) >> 4),
+                                    db0 + (((ks >> 2) * (BN * 128) + kk) >> 4), ks > 0);
+                }
+                wgmma_commit();
+                wgmma_wait0();
+
+                float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int key = t * BN + wg * 32 + j * 8 + (lane & 3) * 2 + (e & 1);
+                        float v = sc[j * 4 + e] * a.scale_log2;
+                        if (e < 2) {
+                            v = key < lim0 ? v : -INFINITY;
+                            mx0 = fmaxf(mx0, v);
+                        } else {
+                            v = key < lim1 ? v : -INFINITY;
+                            mx1 = fmaxf(mx1, v);
+                        }
+                        sc[j * 4 + e] = v;
+                    }
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+                if ((lane & 3) == 0) {
+                    red_max[wg * M + r0] = mx0;
+                    red_max[wg * M + r1] = mx1;
+                }
+                __syncthreads();
+                const float mn0 = fmaxf(m0, fmaxf(red_max[r0], red_max[M + r0]));
+                const float mn1 = fmaxf(m1, fmaxf(red_max[r1], red_max[M + r1]));
+                const float al0 = mn0 == -INFINITY ? 1.f : exp2f(m0 - mn0);
+                const float al1 = mn1 == -INFINITY ? 1.f : exp2f(m1 - mn1);
+                const float mu0 = mn0 == -INFINITY ? 0.f : mn0;
+                const float mu1 = mn1 == -INFINITY ? 0.f : mn1;
+                m0 = mn0;
+                m1 = mn1;
+                float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const float p00 = exp2f(sc[j * 4 + 0] - mu0), p01 = exp2f(sc[j * 4 + 1] - mu0);
+                    const float p10 = exp2f(sc[j * 4 + 2] - mu1), p11 = exp2f(sc[j * 4 + 3] - mu1);
+                    sum0 += p00 + p01;
+                    sum1 += p10 + p11;
+                    const int col = wg * 32 + j * 8 + (lane & 3) * 2;
+                    const int ch = col >> 3, wi = (col & 7) * 2;
+                    *reinterpret_cast<uint32_t*>(sP + r0 * 128 + ((ch ^ (r0 & 7)) << 4) + wi) =
+                        pack_bf16x2(p00, p01);
+                    *reinterpret_cast<uint32_t*>(sP + r1 * 128 + ((ch ^ (r1 & 7)) << 4) + wi) =
+                        pack_bf16x2(p10, p11);
+                }
+                sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
+                sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
+                sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
+                sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+                if ((lane & 3) == 0) {
+                    red_sum[wg * M + r0] = sum0;
+                    red_sum[wg * M + r1] = sum1;
+                }
+                fence_proxy_async();
+                __syncthreads();
+                l0 = l0 * al0 + red_sum[r0] + red_sum[M + r0];
+                l1 = l1 * al1 + red_sum[r1] + red_sum[M + r1];
+#pragma unroll
+                for (int j = 0; j < 32; ++j) {
+                    o[j * 4 + 0] *= al0;
+                    o[j * 4 + 1] *= al0;
+                    o[j * 4 + 2] *= al1;
+                    o[j * 4 + 3] *= al1;
+                }
+                wgmma_fence();
+                const uint64_t pa0 = make_desc(sPa, 0, 1024);
+                const uint64_t vb0 = make_desc(kst + wg * 4 * (BN * 128), BN * 128, 1024);
+#pragma unroll
+                for (int ks = 0; ks < BN / 16; ++ks)
+                    wgmma_m64n256k16_bt(o, pa0 + ((ks * 32) >> 4), vb0 + ((ks * 2048) >> 4), 1);
+                wgmma_commit();
+                wgmma_wait0();
+                __syncthreads();
+            }
+        }
+
+        // ---- write this piece
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int r = hf ? r1 : r0;
+            const int qrow = s_qrow[r];
+            if (qrow < 0) continue;
+            const float l = hf ? l1 : l0;
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+            for (int j = 0; j < 32; ++j) {
+                const int col = wg * 256 + j * 8 + (lane & 3) * 2;
+                const float v0 = o[j * 4 + hf * 2] * inv, v1 = o[j * 4 + hf * 2 + 1] * inv;
+                if (cut) {
+                    float* dst = a.ws_o + (int64_t(slot) * M + r) * kDc + col;
+                    *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+                } else if (a.out_f32) {
+                    float* dst = static_cast<float*>(a.out) + int64_t(qrow) * kDc + col;
+                    *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+                } else {
+                    uint16_t* dst = static_cast<uint16_t*>(a.out) + int64_t(qrow) * kDc + col;
+                    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(v0, v1);
+                }
+            }
+            if (wg == 0 && (lane & 3) == 0) {
+                const float m = hf ? m1 : m0;
+                if (cut) {
+                    a.ws_lse[int64_t(slot) * M + r] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+                } else if (a.lse) {
+                    a.lse[qrow] = l > 0.f ? (m + log2f(l)) * kLn2 : INFINITY;
+                }
+            }
+        }
+    }
+#endif
+}
+
+__global__ void probe_sm90a_kernel(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    *out = 1;
+#else
+    *out = 0;
+#endif
+}
+
+// ------------------------------------------------------------------------------------------
+// Combine: merges the partials of cut segments. grid (G, ceil(M / 8)), one warp per row.
+// ------------------------------------------------------------------------------------------
+constexpr int kCombineChunk = 128;
+
+__global__ void __launch_bounds__(256) combine_kernel(RunArgs a) {
+    const int idx = blockIdx.x;
+    if (idx >= a.md[2]) return;
+    const int U = a.md[0];
+    const int s = a.md[a.lay.split() + idx];
+    const int b = a.md[a.lay.seg_b() + s];
+    const int rblocks = (a.M + 7) / 8;
+    const int rr = blockIdx.y / rblocks;
+    const int mtile = a.md[a.lay.seg_m() + s] * a.R + rr;
+    const int p0 = a.md[a.lay.seg_prefix() + s], p1 = a.md[a.lay.seg_prefix() + s + 1];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = (blockIdx.y - rr * rblocks) * 8 + warp;
+    if (r >= a.M) return;
+    const int qo0 = a.qo_indptr[b];
+    const int n = a.qo_indptr[b + 1] - qo0;
+    const int R = mtile * a.M + r;
+    if (R >= n * a.H) return;
+    const int j = R / a.H, h = R - j * a.H;
+    const int64_t qrow = int64_t(qo0 + j) * a.H + h;
+    const int g0 = owner_of(p0, U, a.NG), g1 = owner_of(p1 - 1, U, a.NG);
+
+    // Pieces are the non-empty groups g0..g1. Lanes read their lse values in parallel; the
+    // weighted sum then streams 4 pieces per step so that several loads are in flight.
+    __shared__ float s_w[8][kCombineChunk];
+    __shared__ int s_slot[8][kCombineChunk];
+    const int np = g1 - g0 + 1;
+    auto slot_of = [&](int g) -> int {
+        const int64_t rb = range_begin(g, U, a.NG);
+        if (rb == range_begin(g + 1, U, a.NG)) return -1;
+        return 2 * (g * a.R + rr) + (rb >= p0 ? 0 : 1);
+    };
+    float mx = -INFINITY;
+    for (int i = lane; i < np; i += 32) {
+        const int slot = slot_of(g0 + i);
+        if (slot >= 0) mx = fmaxf(mx, a.ws_lse[int64_t(slot) * a.M + r]);
+    }
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float4 acc[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    float wsum = 0.f;
+    if (mx != -INFINITY) {
+        for (int c0 = 0; c0 < np; c0 += kCombineChunk) {
+            const int nc = min(kCombineChunk, np - c0);
+            for (int i = lane; i < nc; i += 32) {
+                const int slot = slot_of(g0 + c0 + i);
+                const float w = slot >= 0 ? expf(a.ws_lse[int64_t(slot) * a.M + r] - mx) : 0.f;
+                s_w[warp][i] = w;
+                s_slot[warp][i] = w > 0.f ? slot : -1;
+            }
+            __syncwarp();
+            for (int i0 = 0; i0 < nc; i0 += 4) {
+                float4 v[4][4];
+                float w[4];
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const int slot = i0 + k < nc ? s_slot[warp][i0 + k] : -1;
+                    w[k] = slot >= 0 ? s_w[warp][i0 + k] : 0.f;
+                    const float4* src = reinterpret_cast<const float4*>(
+                        a.ws_o + (int64_t(slot >= 0 ? slot : 0) * a.M + r) * kDc);
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        v[k][j] = slot >= 0 ? src[lane + 32 * j] : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    wsum += w[k];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        acc[j].x += w[k] * v[k][j].x;
+                        acc[j].y += w[k] * v[k][j].y;
+                        acc[j].z += w[k] * v[k][j].z;
+                        acc[j].w += w[k] * v[k][j].w;
+                    }
+                }
+            }
+            __syncwarp();
+        }
+    }
+    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int col = (lane + 32 * i) * 4;
+        const float4 v = make_float4(acc[i].x * inv, acc[i].y * inv, acc[i].z * inv, acc[i].w * inv);
+        if (a.out_f32) {
+            *reinterpret_cast<float4*>(static_cast<float*>(a.out) + qrow * kDc + col) = v;
+        } else {
+            uint2 pk;
+            pk.x = pack_bf16x2(v.x, v.y);
+            pk.y = pack_bf16x2(v.z, v.w);
+            *reinterpret_cast<uint2*>(static_cast<uint16_t*>(a.out) + qrow * kDc + col) = pk;
+        }
+    }
+    if (lane == 0 && a.lse) a.lse[qrow] = wsum > 0.f ? mx + logf(wsum) : INFINITY;
+}
+
+// ------------------------------------------------------------------------------------------
+// Generic path: any dc / dr, f32 or bf16 cache. One CTA per (token, head), keys in chunks of
+// 128 with an online softmax in f32. Correct, not fast.
+// ------------------------------------------------------------------------------------------
+struct GenericArgs {
+    const void* q;
+    int q_f32;
+    const int32_t* qo_indptr;
+    const int32_t* seq_lens;
+    const int32_t* block_table;
+    int64_t bt_stride;
+    const void* cache;
+    int cache_f32;
+    int page_shift;
+    void* out;
+    int out_f32;
+    float* lse;
+    int B, T, H, dc, dr, causal;
+    float scale;
+};
+
+constexpr int kGenThreads = 128;
+
+__device__ __forceinline__ float load_elem(const void* p, int64_t i, int is_f32) {
+    return is_f32 ? static_cast<const float*>(p)[i]
+                  : bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+}
+
+__global__ void __launch_bounds__(kGenThreads) generic_kernel(GenericArgs a) {
+    extern __shared__ float gsm[];
+    const int D = a.dc + a.dr;
+    float* sq = gsm;               // [D]
+    float* sacc = sq + D;          // [dc]
+    float* sp = sacc + a.dc;       // [kGenThreads]
+    __shared__ float s_red[kGenThreads / 32];
+    __shared__ float s_m, s_l, s_alpha;
+    const int tid = threadIdx.x;
+    const int64_t row = blockIdx.x;           // token * H + head
+    const int t = int(row / a.H);
+    // sequence of token t: last b with qo_indptr[b] <= t (and a non-empty range)
+    int lo = 0, hi = a.B - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (a.qo_indptr[mid] <= t) lo = mid; else hi = mid - 1;
+    }
+    const int b = lo;
+    const int n = a.qo_indptr[b + 1] - a.qo_indptr[b];
+    const int j = t - a.qo_indptr[b];
+    const int L = max(a.seq_lens[b], 0);
+    int lim = a.causal ? L - n + j + 1 : L;
+    lim = max(0, min(lim, L));
+    for (int d = tid; d < D; d += kGenThreads) sq[d] = load_elem(a.q, row * D + d, a.q_f32);
+    for (int d = tid; d < a.dc; d += kGenThreads) sacc[d] = 0.f;
+    if (tid == 0) { s_m = -INFINITY; s_l = 0.f; }
+    __syncthreads();
+    const int32_t* bt = a.block_table + int64_t(b) * a.bt_stride;
+    const int pmask = (1 << a.page_shift) - 1;
+    for (int k0 = 0; k0 < lim; k0 += kGenThreads) {
+        const int k = k0 + tid;
+        float sc = -INFINITY;
+        int64_t base = 0;
+        if (k < lim) {
+            const int blk = bt[k >> a.page_shift];
+            base = (int64_t(blk) * (pmask + 1) + (k & pmask)) * D;
+            float acc = 0.f;
+            for (int d = 0; d < D; ++d) acc += sq[d] * load_elem(a.cache, base + d, a.cache_f32);
+            sc = acc * a.scale;
+        }
+        float mx = sc;
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        if ((tid & 31) == 0) s_red[tid >> 5] = mx;
+        __syncthreads();
+        if (tid == 0) {
+            float m = s_red[0];
+            for (int w = 1; w < kGenThreads / 32; ++w) m = fmaxf(m, s_red[w]);
+            const float mnew = fmaxf(s_m, m);
+            s_alpha = expf(s_m - mnew);   // s_m = -inf only before the first key: 0
+            s_m = mnew;
+        }
+        __syncthreads();
+        const float p = k < lim ? expf(sc - s_m) : 0.f;
+        sp[tid] = p;
+        float sum = p;
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        __syncthreads();
+        if ((tid & 31) == 0) s_red[tid >> 5] = sum;
+        __syncthreads();
+        if (tid == 0) {
+            float l = 0.f;
+            for (int w = 0; w < kGenThreads / 32; ++w) l += s_red[w];
+            s_l = s_l * s_alpha + l;
+        }
+        const int kn = min(kGenThreads, lim - k0);
+        for (int d = tid; d < a.dc; d += kGenThreads) {
+            float acc = sacc[d] * s_alpha;
+            for (int kk = 0; kk < kn; ++kk) {
+                const int key = k0 + kk;
+                const int blk = bt[key >> a.page_shift];
+                const int64_t kb = (int64_t(blk) * (pmask + 1) + (key & pmask)) * D;
+                acc += sp[kk] * load_elem(a.cache, kb + d, a.cache_f32);
+            }
+            sacc[d] = acc;
+        }
+        __syncthreads();
+    }
+    const float l = s_l;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    for (int d = tid; d < a.dc; d += kGenThreads) {
+        const float v = sacc[d] * inv;
+        if (a.out_f32) static_cast<float*>(a.out)[row * a.dc + d] = v;
+        else static_cast<uint16_t*>(a.out)[row * a.dc + d] = f32_to_bf16(v);
+    }
+    if (tid == 0 && a.lse) a.lse[row] = l > 0.f ? s_m + logf(l) : INFINITY;
+}
+
+bool fast_path(const DeviceInfo& dev, const AttentionParams& p) {
+    return p.cache.dc == kDc && p.cache.dr == kDr && p.cache.dtype == DType::BF16 &&
+           pick_bn(dev, rows_per_tile(p.num_heads)) != 0;
+}
+
+template <int MT, int BN>
+void set_smem_attr() {
+    const size_t bytes = mma_smem_bytes(MT * 16, BN);
+    check(cudaFuncSetAttribute(decode_mma_kernel<MT, BN>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+          "cudaFuncSetAttribute(decode kernel)");
+}
+
+template <int MT>
+void launch_mt(int BN, const RunArgs& a, size_t smem, cudaStream_t st) {
+    switch (BN) {
+        case 64: decode_mma_kernel<MT, 64><<<a.G, kThreads, smem, st>>>(a); break;
+        case 32: decode_mma_kernel<MT, 32><<<a.G, kThreads, smem, st>>>(a); break;
+        default: decode_mma_kernel<MT, 16><<<a.G, kThreads, smem, st>>>(a); break;
+    }
+}
+
+int log2_exact(int v) {
+    int s = 0;
+    while ((1 << s) < v) ++s;
+    return s;
+}
+
+}  // namespace
+
+void attention_init(DeviceInfo& dev, bool allow_wgmma) {
+    dev.wgmma = false;
+    if (allow_wgmma && dev.cc_major == 9 && dev.cc_minor == 0 && kWgSmem <= dev.smem_optin) {
+        int* d = nullptr;
+        int h = 0;
+        check(cudaMalloc(&d, sizeof(int)), "cudaMalloc(probe)");
+        probe_sm90a_kernel<<<1, 1>>>(d);
+        cudaError_t e = cudaGetLastError();
+        if (e == cudaSuccess) e = cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost);
+        cudaFree(d);
+        if (e != cudaSuccess) throw_cuda(e, "sm_90a probe kernel");
+        if (h == 1) {
+            check(cudaFuncSetAttribute(decode_wgmma_kernel,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmem)),
+                  "cudaFuncSetAttribute(wgmma decode kernel)");
+            dev.wgmma = true;
+        }
+    }
+    // Raise the shared-memory limit of every instantiation that fits this device.
+    auto fits = [&](int M, int BN) { return mma_smem_bytes(M, BN) <= dev.smem_optin; };
+    if (fits(64, 64)) set_smem_attr<4, 64>();
+    if (fits(64, 32)) set_smem_attr<4, 32>();
+    if (fits(64, 16)) set_smem_attr<4, 16>();
+    if (fits(32, 64)) set_smem_attr<2, 64>();
+    if (fits(32, 32)) set_smem_attr<2, 32>();
+    if (fits(32, 16)) set_smem_attr<2, 16>();
+    if (fits(16, 64)) set_smem_attr<1, 64>();
+    if (fits(16, 32)) set_smem_attr<1, 32>();
+    if (fits(16, 16)) set_smem_attr<1, 16>();
+}
+
+size_t attention_metadata_bytes(const DeviceInfo& dev, int32_t max_seqs, int32_t max_tokens,
+                                int32_t heads, int32_t /*dc*/) {
+    const Sched s = schedule(dev, max_seqs, max_tokens, heads);
+    Layout lay{s.smax, s.G, max_seqs};
+    return size_t(lay.total_ints()) * sizeof(int32_t);
+}
+
+size_t attention_workspace_bytes(const DeviceInfo& dev, int32_t max_seqs, int32_t max_tokens,
+                                 int32_t heads, int32_t dc) {
+    const Sched s = schedule(dev, max_seqs, max_tokens, heads);
+    const size_t slots = 2 * size_t(s.G);
+    return slots * size_t(s.M) * (size_t(std::max(dc, 1)) + 1) * sizeof(float);
+}
+
+const char* attention_path(const DeviceInfo& dev, const AttentionParams& p) {
+    if (!fast_path(dev, p)) return "generic";
+    const int M = rows_per_tile(p.num_heads), BN = pick_bn(dev, M);
+    if (use_wgmma(dev, M)) return "wgmma-bf16 M=64 BN=64";
+    static const char* names[3][3] = {
+        {"mma-bf16 M=16 BN=64", "mma-bf16 M=16 BN=32", "mma-bf16 M=16 BN=16"},
+        {"mma-bf16 M=32 BN=64", "mma-bf16 M=32 BN=32", "mma-bf16 M=32 BN=16"},
+        {"mma-bf16 M=64 BN=64", "mma-bf16 M=64 BN=32", "mma-bf16 M=64 BN=16"}};
+    const int mi = M == 16 ? 0 : M == 32 ? 1 : 2;
+    const int bi = BN == 64 ? 0 : BN == 32 ? 1 : 2;
+    return names[mi][bi];
+}
+
+void attention_plan(const DeviceInfo& dev, const AttentionParams& p, void* metadata,
+                    size_t metadata_bytes, cudaStream_t stream) {
+    const size_t need =
+        attention_metadata_bytes(dev, p.num_seqs, p.num_tokens, p.num_heads, p.cache.dc);
+    if (metadata_bytes < need)
+        throw Error(MLA_ERROR_BUFFER_TOO_SMALL,
+                    "mla_attention_plan: metadata_bytes = " + std::to_string(metadata_bytes) +
+                        ", this batch needs " + std::to_string(need));
+    require_device_pointer(metadata, "metadata");
+    require_device_pointer(p.qo_indptr, "params.qo_indptr");
+    require_device_pointer(p.seq_lens, "params.seq_lens");
+    const Sched s = schedule(dev, p.num_seqs, p.num_tokens, p.num_heads);
+    PlanArgs a;
+    a.qo_indptr = p.qo_indptr;
+    a.seq_lens = p.seq_lens;
+    a.md = static_cast<int32_t*>(metadata);
+    a.B = p.num_seqs;
+    a.H = p.num_heads;
+    a.M = s.M;
+    a.BN = s.BN;
+    a.G = s.NG;
+    a.R = s.R;
+    a.lay = Layout{s.smax, s.G, p.num_seqs};
+    plan_kernel<<<1, kPlanThreads, 0, stream>>>(a);
+    check_launch("attention plan kernel");
+}
+
+void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* metadata,
+                   size_t metadata_bytes, void* workspace, size_t workspace_bytes,
+                   cudaStream_t stream) {
+    const size_t need_md =
+        attention_metadata_bytes(dev, p.num_seqs, p.num_tokens, p.num_heads, p.cache.dc);
+    if (metadata_bytes < need_md)
+        throw Error(MLA_ERROR_BUFFER_TOO_SMALL,
+                    "mla_attention_run: metadata_bytes = " + std::to_string(metadata_bytes) +
+                        ", this batch needs " + std::to_string(need_md));
+    const bool fast = fast_path(dev, p);
+    if (fast) {
+        const size_t need_ws =
+            attention_workspace_bytes(dev, p.num_seqs, p.num_tokens, p.num_heads, p.cache.dc);
+        if (workspace_bytes < need_ws)
+            throw Error(MLA_ERROR_BUFFER_TOO_SMALL,
+                        "mla_attention_run: workspace_bytes = " + std::to_string(workspace_bytes) +
+                            ", this batch needs " + std::to_string(need_ws));
+        require_device_pointer(workspace, "workspace");
+    }
+    require_device_pointer(metadata, "metadata");
+    require_device_pointer(p.q, "params.q");
+    require_device_pointer(p.qo_indptr, "params.qo_indptr");
+    require_device_pointer(p.seq_lens, "params.seq_lens");
+    require_device_pointer(p.block_table, "params.block_table");
+    require_device_pointer(p.cache.data, "params.cache.data");
+    require_device_pointer(p.out, "params.out");
+    require_device_pointer(p.lse, "params.lse");
+    if (p.num_tokens == 0) return;
+    const int page_shift = log2_exact(p.cache.block_size);
+
+    if (!fast) {
+        GenericArgs g;
+        g.q = p.q;
+        g.q_f32 = p.q_dtype == DType::F32;
+        g.qo_indptr = p.qo_indptr;
+        g.seq_lens = p.seq_lens;
+        g.block_table = p.block_table;
+        g.bt_stride = p.block_table_stride;
+        g.cache = p.cache.data;
+        g.cache_f32 = p.cache.dtype == DType::F32;
+        g.page_shift = page_shift;
+        g.out = p.out;
+        g.out_f32 = p.out_dtype == DType::F32;
+        g.lse = p.lse;
+        g.B = p.num_seqs;
+        g.T = p.num_tokens;
+        g.H = p.num_heads;
+        g.dc = p.cache.dc;
+        g.dr = p.cache.dr;
+        g.causal = p.causal;
+        g.scale = p.scale;
+        const size_t smem = (size_t(2) * g.dc + g.dr + kGenThreads) * sizeof(float);
+        if (smem > dev.smem_optin)
+            throw Error(MLA_ERROR_UNSUPPORTED,
+                        "mla_attention_run: kv_lora_rank = " + std::to_string(g.dc) +
+                            " is too large for the generic CUDA kernel on this device");
+        if (smem > 48 * 1024)
+            check(cudaFuncSetAttribute(generic_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       int(smem)),
+                  "cudaFuncSetAttribute(generic attention)");
+        const int64_t rows = int64_t(p.num_tokens) * p.num_heads;
+        generic_kernel<<<dim3(unsigned(rows)), kGenThreads, smem, as_stream(stream)>>>(g);
+        check_launch("generic attention kernel");
+        return;
+    }
+
+    const Sched s = schedule(dev, p.num_seqs, p.num_tokens, p.num_heads);
+    RunArgs a;
+    a.q = p.q;
+    a.q_f32 = p.q_dtype == DType::F32;
+    a.qo_indptr = p.qo_indptr;
+    a.seq_lens = p.seq_lens;
+    a.block_table = p.block_table;
+    a.bt_stride = p.block_table_stride;
+    a.cache = static_cast<const uint16_t*>(p.cache.data);
+    a.page_shift = page_shift;
+    a.out = p.out;
+    a.out_f32 = p.out_dtype == DType::F32;
+    a.lse = p.lse;
+    a.md = static_cast<const int32_t*>(metadata);
+    a.ws_o = static_cast<float*>(workspace);
+    a.ws_lse = a.ws_o + size_t(2) * s.G * s.M * kDc;
+    a.H = p.num_heads;
+    a.causal = p.causal;
+    a.M = s.M;
+    a.G = s.G;
+    a.R = s.R;
+    a.NG = s.NG;
+    a.scale_log2 = p.scale * kLog2e;
+    a.lay = Layout{s.smax, s.G, p.num_seqs};
+    const size_t smem = mma_smem_bytes(s.M, s.BN);
+    if (use_wgmma(dev, s.M)) {
+        decode_wgmma_kernel<<<a.G, kThreads, kWgSmem, stream>>>(a);
+    } else switch (s.M) {
+        case 16: launch_mt<1>(s.BN, a, smem, stream); break;
+        case 32: launch_mt<2>(s.BN, a, smem, stream); break;
+        default: launch_mt<4>(s.BN, a, smem, stream); break;
+    }
+    check_launch("decode attention kernel");
+    combine_kernel<<<dim3(unsigned(s.NG), unsigned(s.R * ((s.M + 7) / 8))), 256, 0, stream>>>(a);
+    check_launch("attention combine kernel");
+}
+
+}  // namespace cuda
+}  // namespace mla

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU and PyTorch: measures the PyTorch bmm+softmax baseline and the
+# ceilings (torch_baseline.py), then the CUDA backend's decode attention (bench_decode), in the
+# same run. Table on stdout; torch.csv, bench.csv and logs in $OUT (or ./gpu-out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+dir=${MLA_GPU_BUILD:-build-gpu}
+if [ ! -x "$dir/bench_decode" ]; then
+  scripts/gpu-build.sh 2>&1 | tail -20 || exit 1
+fi
+PYTHONUNBUFFERED=1 python3 native/bench/cuda/torch_baseline.py "$out/torch.csv" \
+  > "$out/torch.log" 2>&1 || echo "torch baseline failed (see torch.log)"
+echo "== mma.sync kernels (MLA_CUDA_NO_WGMMA=1)"
+MLA_CUDA_NO_WGMMA=1 "$dir/bench_decode" --torch "$out/torch.csv" --csv "$out/bench-mma.csv" \
+  > "$out/bench-mma.log" 2>&1
+tail -n 23 "$out/bench-mma.log"
+echo "== default kernels"
+"$dir/bench_decode" --torch "$out/torch.csv" --csv "$out/bench.csv" 2>&1 | tee "$out/bench.log"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU: builds (scripts/gpu-build.sh), runs the CUDA backend tests,
+# then the small cases under compute-sanitizer memcheck and racecheck. Logs go to $OUT (or
+# ./gpu-out). Exit status: non-zero if any step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+dir=${MLA_GPU_BUILD:-build-gpu}
+status=0
+if [ ! -x "$dir/tests_cuda/test_cuda_backend" ]; then
+  scripts/gpu-build.sh 2>&1 | tail -20 || exit 1
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv \
+  > "$out/gpu.txt" 2>&1 || true
+echo "== tests (default kernels: wgmma on sm_90a)"
+"$dir/tests_cuda/test_cuda_backend" > "$out/test.log" 2>&1 || status=1
+tail -n 40 "$out/test.log"
+echo "== tests (MLA_CUDA_NO_WGMMA=1: mma.sync kernels)"
+MLA_CUDA_NO_WGMMA=1 "$dir/tests_cuda/test_cuda_backend" > "$out/test-mma.log" 2>&1 || status=1
+grep -E "FAIL|checks," "$out/test-mma.log" | tail -n 10
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  for tool in memcheck racecheck synccheck; do
+    echo "== compute-sanitizer $tool (MLA_TEST_SMALL=1)"
+    MLA_TEST_SMALL=1 timeout 400 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      "$dir/tests_cuda/test_cuda_backend" > "$out/sanitizer-$tool.log" 2>&1 || status=1
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|checks,|FAIL" "$out/sanitizer-$tool.log" | tail -5
+  done
+else
+  echo "compute-sanitizer not found"
+  status=1
+fi
+exit $status
