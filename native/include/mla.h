@@ -362,7 +362,7 @@ MLA_API mla_status mla_attention_workspace_size(mla_context* context, int32_t ma
 
 /* Computes the split-KV schedule for params' batch into metadata. The schedule depends on
  * num_seqs, num_tokens, num_heads, qo_indptr and seq_lens only: it may be reused by every layer
- * of one step. Does not allocate. On CUDA asynchronous on stream and capturable in a graph.
+ * of one step, and params.q, params.out and params.lse may be NULL here. Does not allocate. On CUDA asynchronous on stream and capturable in a graph.
  * Returns MLA_ERROR_BUFFER_TOO_SMALL when metadata_bytes is below the size for this batch. */
 MLA_API mla_status mla_attention_plan(mla_context* context, const mla_attention_params* params,
                                       void* metadata, size_t metadata_bytes, void* stream);

@@ -160,7 +160,9 @@ void check_blocks(const char* fn, const char* table_name, const int32_t* table, 
 }
 
 // Validates mla_attention_params into the backend's struct (host values only on the CPU).
-mla::AttentionParams check_attention(const char* fn, mla_context* ctx, const mla_attention_params* p) {
+// need_data: q and out are required (run); the plan reads only the batch's shape and lengths.
+mla::AttentionParams check_attention(const char* fn, mla_context* ctx, const mla_attention_params* p,
+                                     bool need_data) {
     require(fn, ctx, "context");
     require(fn, p, "params");
     check_struct_size(fn, "params", p->struct_size, sizeof(mla_attention_params));
@@ -183,7 +185,7 @@ mla::AttentionParams check_attention(const char* fn, mla_context* ctx, const mla
     require(fn, p->qo_indptr, "params.qo_indptr");
     require(fn, p->seq_lens, "params.seq_lens");
     if (p->block_table_stride > 0) require(fn, p->block_table, "params.block_table");
-    if (p->num_tokens > 0) {
+    if (need_data && p->num_tokens > 0) {
         require(fn, p->q, "params.q");
         require(fn, p->out, "params.out");
     }
@@ -641,7 +643,7 @@ MLA_API mla_status mla_attention_plan(mla_context* context, const mla_attention_
                                       void* metadata, size_t metadata_bytes, void* stream) {
     static const char* fn = "mla_attention_plan";
     return guard(fn, [&] {
-        const mla::AttentionParams a = check_attention(fn, context, params);
+        const mla::AttentionParams a = check_attention(fn, context, params, false);
         require(fn, metadata, "metadata");
         context->backend->attention_plan(a, metadata, metadata_bytes, stream);
     });
@@ -652,7 +654,7 @@ MLA_API mla_status mla_attention_run(mla_context* context, const mla_attention_p
                                      size_t workspace_bytes, void* stream) {
     static const char* fn = "mla_attention_run";
     return guard(fn, [&] {
-        const mla::AttentionParams a = check_attention(fn, context, params);
+        const mla::AttentionParams a = check_attention(fn, context, params, true);
         require(fn, metadata, "metadata");
         context->backend->attention_run(a, metadata, metadata_bytes, workspace, workspace_bytes, stream);
     });
