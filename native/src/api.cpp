@@ -40,9 +40,13 @@ using mla::invalid;
 
 thread_local std::string t_last_error;
 
-void set_error(const char* msg) noexcept {
+// Builds the message inside its own try: under memory exhaustion the message may be lost, but
+// no exception leaves a noexcept ABI function.
+void set_error(const char* a, const char* b = "", const char* c = "") noexcept {
     try {
-        t_last_error = msg;
+        t_last_error = a;
+        t_last_error += b;
+        t_last_error += c;
     } catch (...) {
         t_last_error.clear();
     }
@@ -60,13 +64,13 @@ mla_status guard(const char* fn, F&& body) noexcept {
         set_error(e.what());
         return e.status;
     } catch (const std::bad_alloc&) {
-        set_error((std::string(fn) + ": out of host memory").c_str());
+        set_error(fn, ": out of host memory");
         return MLA_ERROR_OUT_OF_MEMORY;
     } catch (const std::exception& e) {
-        set_error((std::string(fn) + ": internal error: " + e.what()).c_str());
+        set_error(fn, ": internal error: ", e.what());
         return MLA_ERROR_INTERNAL;
     } catch (...) {
-        set_error((std::string(fn) + ": internal error (unknown exception)").c_str());
+        set_error(fn, ": internal error (unknown exception)");
         return MLA_ERROR_INTERNAL;
     }
 }
