@@ -12,6 +12,10 @@ if [ ! -x "$dir/bench_decode" ]; then
 fi
 PYTHONUNBUFFERED=1 python3 native/bench/cuda/torch_baseline.py "$out/torch.csv" \
   > "$out/torch.log" 2>&1 || echo "torch baseline failed (see torch.log)"
+echo "== two-warpgroup wgmma kernel (MLA_CUDA_WS=0)"
+MLA_CUDA_WS=0 "$dir/bench_decode" --torch "$out/torch.csv" --csv "$out/bench-wg.csv" \
+  > "$out/bench-wg.log" 2>&1
+tail -n 23 "$out/bench-wg.log"
 echo "== mma.sync kernels (MLA_CUDA_NO_WGMMA=1)"
 MLA_CUDA_NO_WGMMA=1 "$dir/bench_decode" --torch "$out/torch.csv" --csv "$out/bench-mma.csv" \
   > "$out/bench-mma.log" 2>&1

@@ -13,9 +13,12 @@ if [ ! -x "$dir/tests_cuda/test_cuda_backend" ]; then
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv \
   > "$out/gpu.txt" 2>&1 || true
-echo "== tests (default kernels: wgmma on sm_90a)"
+echo "== tests (default kernels: warp-specialized wgmma on sm_90a)"
 "$dir/tests_cuda/test_cuda_backend" > "$out/test.log" 2>&1 || status=1
 tail -n 40 "$out/test.log"
+echo "== tests (MLA_CUDA_WS=0: two-warpgroup wgmma kernel)"
+MLA_CUDA_WS=0 "$dir/tests_cuda/test_cuda_backend" > "$out/test-wg.log" 2>&1 || status=1
+grep -E "FAIL|checks," "$out/test-wg.log" | tail -n 10
 echo "== tests (MLA_CUDA_NO_WGMMA=1: mma.sync kernels)"
 MLA_CUDA_NO_WGMMA=1 "$dir/tests_cuda/test_cuda_backend" > "$out/test-mma.log" 2>&1 || status=1
 grep -E "FAIL|checks," "$out/test-mma.log" | tail -n 10

@@ -14,11 +14,21 @@
 //
 // The plan (one CTA, on device) writes the segment table and the list of cut segments into
 // the metadata buffer; run reads it, so neither needs a host sync.
+//
+// Kernels for the fast path (dc = 512, dr = 64, bf16 cache):
+//   decode_ws_kernel     sm_90a, 64-row tiles: warp-specialized (scores+softmax | loads+P V),
+//                        wgmma, 32-key tiles in a 4-stage ring (default on H100/H200)
+//   decode_wgmma_kernel  sm_90a, 64-row tiles: two symmetric warpgroups, wgmma, 64-key tiles
+//                        (MLA_CUDA_WS=0)
+//   decode_mma_kernel    any sm_80+ GPU and 16/32-row tiles (H <= 32): mma.sync m16n8k16
+// Anything else (other widths, f32 cache) takes generic_kernel: f32 CUDA cores, one CTA per
+// (token, head); correct, not fast.
 #include "attention.cuh"
 #include "common.cuh"
 #include "wgmma.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <string>
 
@@ -556,6 +566,7 @@ constexpr int kWgM = 64, kWgBN = 64;
 constexpr size_t kWgSmem = 1024 + size_t(kWgM) * kRowBytes + 2 * size_t(kWgBN) * kRowBytes +
                            size_t(kWgM) * kWgBN * 2 + 4 * kWgM * 4 + 2 * kWgM * 4;
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // helpers of the sm_90a kernels only
 __device__ __forceinline__ uint32_t sw128(int row, int chunk, int rows) {
     return uint32_t((chunk >> 3) * rows * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
 }
@@ -563,6 +574,8 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint
     return uint64_t((saddr & 0x3FFFF) >> 4) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
            (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
 }
+
+#endif
 
 __global__ void __launch_bounds__(kThreads, 1) decode_wgmma_kernel(RunArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -812,6 +825,398 @@ __global__ void __launch_bounds__(kThreads, 1) decode_wgmma_kernel(RunArgs a) {
                 const float m = hf ? m1 : m0;
                 if (cut) {
                     a.ws_lse[int64_t(slot) * M + r] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+                } else if (a.lse) {
+                    a.lse[qrow] = l > 0.f ? (m + log2f(l)) * kLn2 : INFINITY;
+                }
+            }
+        }
+    }
+#endif
+}
+
+
+// ------------------------------------------------------------------------------------------
+// Warp-specialized decode kernel for sm_90a: 3 warpgroups, M = 64 rows, 32-key tiles in a
+// 4-stage ring. Warpgroup 0 computes S = Q K^T for tile t, the online softmax (whole rows: it
+// holds all 32 keys) and writes P and the rescale factors to a double buffer; warpgroups 1 and
+// 2 load the key tiles (cp.async, three tiles ahead) and compute O[:, 256w .. +256] += P V for
+// tile t while warpgroup 0 already works on tile t+1. Hand-offs use mbarriers:
+//   full[s]   tile in stage s landed      (256 loader arrivals)
+//   empty[s]  every warp is done with s  (4 score warps + 8 P V warps)
+//   pfull[b]  P / alpha of buffer b ready (128 arrivals)
+//   pempty[b] buffer b consumed           (8 warp arrivals)
+// ------------------------------------------------------------------------------------------
+constexpr int kWsThreads = 384, kWsBN = 32, kWsStages = 4;
+constexpr size_t kWsQ = size_t(64) * kRowBytes;                  // 73728
+constexpr size_t kWsStage = size_t(kWsBN) * kRowBytes;           // 36864
+constexpr size_t kWsP = size_t(64) * kWsBN * 2;                  // 4096 per buffer
+constexpr size_t kWsSmem = 1024 + kWsQ + kWsStages * kWsStage + 2 * kWsP + 2 * 64 * 4 +
+                           2 * 2 * 64 * 4 + 16 * 8;
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // helpers of the sm_90a kernels only
+__device__ __forceinline__ void mbar_init(uint32_t addr, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t addr) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(addr) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t addr, int parity) {
+    asm volatile(
+        "{\n.reg .pred p;\nWAIT_LOOP:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra WAIT_LOOP;\n}\n" ::"r"(addr),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ uint64_t make_desc64(uint32_t saddr, uint32_t sbo) {
+    return uint64_t((saddr & 0x3FFFF) >> 4) | (uint64_t((sbo >> 4) & 0x3FFF) << 32) |
+           (uint64_t(2) << 62);
+}
+
+struct WsPiece {
+    int b, qo0, n, L, mtile, t0, t1, slot;
+    bool cut, skip;
+};
+
+__device__ __forceinline__ WsPiece ws_piece(const RunArgs& a, const int32_t* seg_b,
+                                            const int32_t* seg_m, const int32_t* seg_prefix,
+                                            int s, int64_t ubeg, int64_t uend, int U, int rr,
+                                            int g) {
+    WsPiece p;
+    const int p0 = seg_prefix[s], p1 = seg_prefix[s + 1];
+    p.b = seg_b[s];
+    p.qo0 = a.qo_indptr[p.b];
+    p.n = a.qo_indptr[p.b + 1] - p.qo0;
+    p.L = max(a.seq_lens[p.b], 0);
+    p.mtile = seg_m[s] * a.R + rr;
+    p.skip = p.mtile * 64 >= p.n * a.H;
+    const int ntiles = (p.L + kWsBN - 1) / kWsBN;
+    // units are counted in 64-key tiles by the plan (BN = 64): two 32-key tiles per unit
+    p.t0 = 2 * int((ubeg > p0 ? ubeg : int64_t(p0)) - p0);
+    p.t1 = min(2 * int((uend < p1 ? uend : int64_t(p1)) - p0), ntiles);
+    p.cut = owner_of(p0, U, a.NG) != owner_of(p1 - 1, U, a.NG);
+    p.slot = 2 * g + (ubeg >= p0 ? 0 : 1);
+    return p;
+}
+
+#endif
+
+__global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int M = 64, BN = kWsBN, NST = kWsStages;
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                               ~uintptr_t(1023));
+    uint8_t* sQ = smem;
+    uint8_t* sK = sQ + kWsQ;
+    uint8_t* sP = sK + NST * kWsStage;
+    float* s_alpha = reinterpret_cast<float*>(sP + 2 * kWsP);  // [2][64]
+    float* s_fin = s_alpha + 2 * 64;                            // [2][m, l][64]
+    uint64_t* bars = reinterpret_cast<uint64_t*>(s_fin + 2 * 2 * 64);
+    const uint32_t bar0 = smem_addr(bars);
+    auto full_b = [&](int st) { return bar0 + 8 * st; };
+    auto empty_b = [&](int st) { return bar0 + 8 * (NST + st); };
+    auto pfull_b = [&](int i) { return bar0 + 8 * (2 * NST + i); };
+    auto pempty_b = [&](int i) { return bar0 + 8 * (2 * NST + 2 + i); };
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg = warp >> 2, wq = warp & 3;
+    const int r0 = wq * 16 + (lane >> 2), r1 = r0 + 8;
+    if (tid == 0) {
+        for (int i = 0; i < NST; ++i) {
+            mbar_init(full_b(i), 256);
+            mbar_init(empty_b(i), 12);
+        }
+        for (int i = 0; i < 2; ++i) {
+            mbar_init(pfull_b(i), 128);
+            mbar_init(pempty_b(i), 8);
+        }
+    }
+    __syncthreads();
+
+    const int g = blockIdx.x;
+    const int grp = g / a.R, rr = g - grp * a.R;
+    const int U = a.md[0], S = a.md[1];
+    if (U <= 0) return;
+    const int64_t ubeg = range_begin(grp, U, a.NG), uend = range_begin(grp + 1, U, a.NG);
+    if (ubeg >= uend) return;
+    const int32_t* seg_b = a.md + a.lay.seg_b();
+    const int32_t* seg_m = a.md + a.lay.seg_m();
+    const int32_t* seg_prefix = a.md + a.lay.seg_prefix();
+    int lo = 0, hi = S - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (seg_prefix[mid] <= ubeg) lo = mid; else hi = mid - 1;
+    }
+    const uint32_t sQa = smem_addr(sQ), sKa = smem_addr(sK), sPa = smem_addr(sP);
+    auto piece = [&](int s) { return ws_piece(a, seg_b, seg_m, seg_prefix, s, ubeg, uend, U, rr, g); };
+    auto in_range = [&](int s) { return s < S && seg_prefix[s] < uend; };
+
+    if (wg == 0) {
+        // ---------------- scores + softmax
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 104;\n" ::: "memory");
+        int tau = 0, pp = 0;
+        for (int s = lo; in_range(s); ++s) {
+            const WsPiece pc = piece(s);
+            if (pc.skip || pc.t0 >= pc.t1) continue;
+            // Q tile (this warpgroup is its only reader)
+            for (int i = tid; i < M * kChunks; i += 128) {
+                const int r = i / kChunks, c = i - r * kChunks;
+                const int R = pc.mtile * M + r;
+                int64_t qrow = -1;
+                if (R < pc.n * a.H) {
+                    const int j = R / a.H;
+                    qrow = int64_t(pc.qo0 + j) * a.H + (R - j * a.H);
+                }
+                if (!a.q_f32) {
+                    const uint16_t* q = static_cast<const uint16_t*>(a.q);
+                    cp_async16(sQa + sw128(r, c, M), qrow >= 0 ? q + qrow * kD + c * 8 : q,
+                               qrow >= 0 ? 16 : 0);
+                } else {
+                    uint4 v = make_uint4(0, 0, 0, 0);
+                    if (qrow >= 0) {
+                        const float4* src = reinterpret_cast<const float4*>(
+                            static_cast<const float*>(a.q) + qrow * kD + c * 8);
+                        const float4 x0 = __ldg(src), x1 = __ldg(src + 1);
+                        v.x = pack_bf16x2(x0.x, x0.y);
+                        v.y = pack_bf16x2(x0.z, x0.w);
+                        v.z = pack_bf16x2(x1.x, x1.y);
+                        v.w = pack_bf16x2(x1.z, x1.w);
+                    }
+                    *reinterpret_cast<uint4*>(sQ + sw128(r, c, M)) = v;
+                }
+            }
+            cp_async_commit();
+            cp_async_wait<0>();
+            fence_proxy_async();
+            asm volatile("bar.sync 1, 128;\n" ::: "memory");
+            int lim0 = 0, lim1 = 0;
+            {
+                const int R0 = pc.mtile * M + r0, R1 = pc.mtile * M + r1;
+                if (R0 < pc.n * a.H) lim0 = max(0, min(a.causal ? pc.L - pc.n + R0 / a.H + 1 : pc.L, pc.L));
+                if (R1 < pc.n * a.H) lim1 = max(0, min(a.causal ? pc.L - pc.n + R1 / a.H + 1 : pc.L, pc.L));
+            }
+            float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+            const uint64_t da0 = make_desc(sQa, 0, 1024);
+            for (int t = pc.t0; t < pc.t1; ++t, ++tau) {
+                const int st = tau % NST;
+                mbar_wait(full_b(st), (tau / NST) & 1);
+                // two independent accumulator chains (even / odd k-steps) keep two wgmmas in
+                // flight instead of one dependent chain
+                float sc[16], sc2[16];
+                const uint64_t db0 = make_desc(sKa + st * kWsStage, 0, 1024);
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < kChunks / 2; ks += 2) {
+                    const uint32_t kk = (ks & 3) * 32, kk2 = ((ks + 1) & 3) * 32;
+                    wgmma_m64n32k16(sc, da0 + (((ks >> 2) * (M * 128) + kk) >> 4),
+                                    db0 + (((ks >> 2) * (BN * 128) + kk) >> 4), ks > 0);
+                    wgmma_m64n32k16(sc2, da0 + ((((ks + 1) >> 2) * (M * 128) + kk2) >> 4),
+                                    db0 + ((((ks + 1) >> 2) * (BN * 128) + kk2) >> 4), ks > 0);
+                }
+                wgmma_commit();
+                wgmma_wait0();
+#pragma unroll
+                for (int i = 0; i < 16; ++i) sc[i] += sc2[i];
+                __syncwarp();
+                if (lane == 0) mbar_arrive(empty_b(st));
+                float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int key = t * BN + j * 8 + (lane & 3) * 2 + (e & 1);
+                        float v = sc[j * 4 + e] * a.scale_log2;
+                        if (e < 2) {
+                            v = key < lim0 ? v : -INFINITY;
+                            mx0 = fmaxf(mx0, v);
+                        } else {
+                            v = key < lim1 ? v : -INFINITY;
+                            mx1 = fmaxf(mx1, v);
+                        }
+                        sc[j * 4 + e] = v;
+                    }
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+                const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+                const float al0 = mn0 == -INFINITY ? 1.f : exp2f(m0 - mn0);
+                const float al1 = mn1 == -INFINITY ? 1.f : exp2f(m1 - mn1);
+                const float mu0 = mn0 == -INFINITY ? 0.f : mn0;
+                const float mu1 = mn1 == -INFINITY ? 0.f : mn1;
+                m0 = mn0;
+                m1 = mn1;
+                const int pb = tau & 1;
+                if (tau >= 2) mbar_wait(pempty_b(pb), ((tau >> 1) - 1) & 1);
+                uint8_t* P = sP + pb * kWsP;
+                float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const float p00 = exp2f(sc[j * 4 + 0] - mu0), p01 = exp2f(sc[j * 4 + 1] - mu0);
+                    const float p10 = exp2f(sc[j * 4 + 2] - mu1), p11 = exp2f(sc[j * 4 + 3] - mu1);
+                    sum0 += p00 + p01;
+                    sum1 += p10 + p11;
+                    const int col = j * 8 + (lane & 3) * 2, ch = col >> 3, wi = (col & 7) * 2;
+                    *reinterpret_cast<uint32_t*>(P + r0 * 64 + ((ch ^ ((r0 >> 1) & 3)) << 4) + wi) =
+                        pack_bf16x2(p00, p01);
+                    *reinterpret_cast<uint32_t*>(P + r1 * 64 + ((ch ^ ((r1 >> 1) & 3)) << 4) + wi) =
+                        pack_bf16x2(p10, p11);
+                }
+                sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
+                sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
+                sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
+                sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+                l0 = l0 * al0 + sum0;
+                l1 = l1 * al1 + sum1;
+                if ((lane & 3) == 0) {
+                    s_alpha[pb * 64 + r0] = al0;
+                    s_alpha[pb * 64 + r1] = al1;
+                    if (t == pc.t1 - 1) {
+                        float* fin = s_fin + (pp & 1) * 128;
+                        fin[r0] = m0;
+                        fin[r1] = m1;
+                        fin[64 + r0] = l0;
+                        fin[64 + r1] = l1;
+                    }
+                }
+                fence_proxy_async();
+                mbar_arrive(pfull_b(pb));
+            }
+            ++pp;
+        }
+        return;
+    }
+
+    // ---------------- loaders + P V (warpgroups 1 and 2)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 200;\n" ::: "memory");
+    const int ltid = tid - 128;           // 0..255
+    const int half = wg - 1;              // which 256 columns of O
+    // loader cursor
+    int ls = lo, lt = 0, lt1 = 0, lb = 0, lL = 0;
+    bool ldone = false;
+    auto lnext_piece = [&](int s) {
+        for (; in_range(s); ++s) {
+            const WsPiece pc = piece(s);
+            if (pc.skip || pc.t0 >= pc.t1) continue;
+            ls = s; lt = pc.t0; lt1 = pc.t1; lb = pc.b; lL = pc.L;
+            return;
+        }
+        ldone = true;
+    };
+    lnext_piece(lo);
+    int n_issued = 0;
+    const int my_key = ltid >> 3, my_c0 = ltid & 7;  // 8 threads per key row, 32 keys
+    const int pmask = (1 << a.page_shift) - 1;
+    auto issue_next = [&]() {
+        if (!ldone) {
+            if (n_issued >= NST) mbar_wait(empty_b(n_issued % NST), ((n_issued / NST) - 1) & 1);
+            const int kpos = lt * BN + my_key;
+            const uint16_t* src = nullptr;
+            if (kpos < lL) {
+                const int blk = __ldg(a.block_table + int64_t(lb) * a.bt_stride + (kpos >> a.page_shift));
+                src = a.cache + (int64_t(blk) * (pmask + 1) + (kpos & pmask)) * kD;
+            }
+            const uint32_t dst = sKa + (n_issued % NST) * kWsStage + my_key * 128;
+#pragma unroll
+            for (int i = 0; i < kChunks / 8; ++i) {
+                const int c = my_c0 + i * 8;
+                cp_async16(dst + (c >> 3) * (BN * 128) + (((c & 7) ^ (my_key & 7)) << 4),
+                           src ? src + c * 8 : a.cache, src ? 16 : 0);
+            }
+            ++n_issued;
+            if (++lt >= lt1) lnext_piece(ls + 1);
+        }
+        cp_async_commit();
+    };
+    issue_next();
+    issue_next();
+    issue_next();
+    cp_async_wait<2>();
+    fence_proxy_async();
+    if (n_issued > 0) mbar_arrive(full_b(0));
+
+    float o[128];
+    int tau = 0, pp = 0;
+    for (int s = lo; in_range(s); ++s) {
+        const WsPiece pc = piece(s);
+        if (pc.skip) continue;
+#pragma unroll
+        for (int i = 0; i < 128; ++i) o[i] = 0.f;
+        float fm0 = -INFINITY, fm1 = -INFINITY, fl0 = 0.f, fl1 = 0.f;
+        if (pc.t0 < pc.t1) {
+            for (int t = pc.t0; t < pc.t1; ++t, ++tau) {
+                // tile tau + 1 landed (its group is the older of the two outstanding ones)
+                cp_async_wait<1>();
+                fence_proxy_async();
+                if (tau + 1 < n_issued) mbar_arrive(full_b((tau + 1) % NST));
+                issue_next();
+                const int pb = tau & 1;
+                mbar_wait(pfull_b(pb), (tau >> 1) & 1);
+                const float al0 = s_alpha[pb * 64 + r0], al1 = s_alpha[pb * 64 + r1];
+                if (!__all_sync(0xffffffffu, al0 == 1.f && al1 == 1.f)) {
+#pragma unroll
+                    for (int j = 0; j < 32; ++j) {
+                        o[j * 4 + 0] *= al0;
+                        o[j * 4 + 1] *= al0;
+                        o[j * 4 + 2] *= al1;
+                        o[j * 4 + 3] *= al1;
+                    }
+                }
+                const int st = tau % NST;
+                const uint64_t pa0 = make_desc64(sPa + pb * kWsP, 512);
+                const uint64_t vb0 =
+                    make_desc(sKa + st * kWsStage + half * 4 * (BN * 128), BN * 128, 1024);
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < BN / 16; ++ks)
+                    wgmma_m64n256k16_bt(o, pa0 + ((ks * 32) >> 4), vb0 + ((ks * 2048) >> 4), 1);
+                wgmma_commit();
+                wgmma_wait0();
+                if (t == pc.t1 - 1) {
+                    const float* fin = s_fin + (pp & 1) * 128;
+                    fm0 = fin[r0];
+                    fm1 = fin[r1];
+                    fl0 = fin[64 + r0];
+                    fl1 = fin[64 + r1];
+                }
+                __syncwarp();
+                if (lane == 0) {
+                    mbar_arrive(empty_b(st));   // this warp no longer reads the key stage
+                    mbar_arrive(pempty_b(pb));
+                }
+            }
+            ++pp;
+        }
+        // write this piece's rows (l = 0: no key seen -> out 0, lse +inf / -inf partial)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int r = hf ? r1 : r0;
+            const int R = pc.mtile * M + r;
+            if (R >= pc.n * a.H) continue;
+            const int j = R / a.H;
+            const int64_t qrow = int64_t(pc.qo0 + j) * a.H + (R - j * a.H);
+            const float l = hf ? fl1 : fl0;
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+            for (int jj = 0; jj < 32; ++jj) {
+                const int col = half * 256 + jj * 8 + (lane & 3) * 2;
+                const float v0 = o[jj * 4 + hf * 2] * inv, v1 = o[jj * 4 + hf * 2 + 1] * inv;
+                if (pc.cut) {
+                    float* dst = a.ws_o + (int64_t(pc.slot) * M + r) * kDc + col;
+                    *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+                } else if (a.out_f32) {
+                    float* dst = static_cast<float*>(a.out) + qrow * kDc + col;
+                    *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+                } else {
+                    uint16_t* dst = static_cast<uint16_t*>(a.out) + qrow * kDc + col;
+                    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(v0, v1);
+                }
+            }
+            if (half == 0 && (lane & 3) == 0) {
+                const float m = hf ? fm1 : fm0;
+                if (pc.cut) {
+                    a.ws_lse[int64_t(pc.slot) * M + r] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
                 } else if (a.lse) {
                     a.lse[qrow] = l > 0.f ? (m + log2f(l)) * kLn2 : INFINITY;
                 }
@@ -1091,6 +1496,15 @@ void attention_init(DeviceInfo& dev, bool allow_wgmma) {
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmem)),
                   "cudaFuncSetAttribute(wgmma decode kernel)");
             dev.wgmma = true;
+            // MLA_CUDA_WS=0 keeps the simpler two-warpgroup kernel (for comparisons)
+            const char* ws = std::getenv("MLA_CUDA_WS");
+            if (!(ws && ws[0] == '0') && kWsSmem <= dev.smem_optin) {
+                check(cudaFuncSetAttribute(decode_ws_kernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           int(kWsSmem)),
+                      "cudaFuncSetAttribute(warp-specialized decode kernel)");
+                dev.ws = true;
+            }
         }
     }
     // Raise the shared-memory limit of every instantiation that fits this device.
@@ -1123,6 +1537,7 @@ size_t attention_workspace_bytes(const DeviceInfo& dev, int32_t max_seqs, int32_
 const char* attention_path(const DeviceInfo& dev, const AttentionParams& p) {
     if (!fast_path(dev, p)) return "generic";
     const int M = rows_per_tile(p.num_heads), BN = pick_bn(dev, M);
+    if (use_wgmma(dev, M) && dev.ws) return "wgmma-ws-bf16 M=64 BN=32";
     if (use_wgmma(dev, M)) return "wgmma-bf16 M=64 BN=64";
     static const char* names[3][3] = {
         {"mma-bf16 M=16 BN=64", "mma-bf16 M=16 BN=32", "mma-bf16 M=16 BN=16"},
@@ -1251,7 +1666,9 @@ void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* 
     a.scale_log2 = p.scale * kLog2e;
     a.lay = Layout{s.smax, s.G, p.num_seqs};
     const size_t smem = mma_smem_bytes(s.M, s.BN);
-    if (use_wgmma(dev, s.M)) {
+    if (use_wgmma(dev, s.M) && dev.ws) {
+        decode_ws_kernel<<<a.G, kWsThreads, kWsSmem, stream>>>(a);
+    } else if (use_wgmma(dev, s.M)) {
         decode_wgmma_kernel<<<a.G, kThreads, kWgSmem, stream>>>(a);
     } else switch (s.M) {
         case 16: launch_mt<1>(s.BN, a, smem, stream); break;

@@ -18,6 +18,7 @@ struct DeviceInfo {
     int cc_major = 0, cc_minor = 0;
     size_t smem_optin = 0;   // max dynamic shared memory per block (bytes)
     bool wgmma = false;      // the sm_90a kernels are in this binary and run on this device
+    bool ws = false;         // use the warp-specialized sm_90a kernel for 64-row tiles
 };
 
 // Call once per device before any launch: raises the kernels' dynamic shared-memory limits and
