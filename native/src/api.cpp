@@ -577,6 +577,11 @@ MLA_API mla_status mla_compress(mla_context* context, const mla_config* config,
         const int64_t E = cp.cache.entry_elems();
         if (p.kv_a_stride < E)
             invalid(fn, "params.kv_a_stride = ", p.kv_a_stride, ", must be >= kv_lora_rank + rope_dim = ", E);
+        // Row t starts at t * kv_a_stride elements: [T, kv_a_stride] must fit in the address space.
+        const int64_t max_elems = std::numeric_limits<int64_t>::max() / int64_t(mla::dtype_size(cp.kv_a_dtype));
+        if (p.num_tokens > 1 && p.kv_a_stride > (max_elems - E) / (p.num_tokens - 1))
+            invalid(fn, "params.kv_a_stride = ", p.kv_a_stride, " with num_tokens = ", p.num_tokens,
+                    ": the kv_a rows overflow the address space");
         if (p.num_tokens == 0) return;
         require(fn, p.kv_a, "params.kv_a");
         require(fn, p.norm_weight, "params.norm_weight");

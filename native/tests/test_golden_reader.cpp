@@ -4,6 +4,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -120,6 +122,11 @@ MLA_TEST(safetensors_malformed_files) {
         {"neg_dim", R"({"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})", d8, -1, "dimension"},
         {"no_offsets", R"({"a":{"dtype":"U8","shape":[1]}})", d8, -1, "data_offsets"},
         {"meta_not_string", R"({"__metadata__":{"k":1}})", d8, -1, "expected a string"},
+        // 2^24 * 2^40 elements wrap a 64-bit count to 0, which an empty span would match.
+        {"numel_wraps", R"({"a":{"dtype":"F32","shape":[16777216,1099511627776],"data_offsets":[0,0]}})", d8, -1,
+         "too many elements"},
+        {"numel_wraps_3d", R"({"a":{"dtype":"U8","shape":[1099511627776,1099511627776,2],"data_offsets":[0,0]}})",
+         d8, -1, "too many elements"},
     };
     for (const Case& c : cases) {
         std::string path = write_st(c.name, c.header, c.data, c.len);
@@ -199,6 +206,65 @@ MLA_TEST(repository_golden_files) {
         CHECK((c.q_lora_rank > 0) == (w.q_proj.data == nullptr));
     }
     CHECK(n >= 3);
+}
+
+// Random mutations of a real golden file (header bytes, header length, truncation): loading
+// either succeeds or throws mla_golden::Error; no other exception, no crash. Seeded.
+MLA_TEST(golden_file_mutations_fail_cleanly) {
+    const std::string src = std::string(MLA_GOLDEN_DIR) + "/tiny_v3.safetensors";
+    std::ifstream in(src, std::ios::binary);
+    REQUIRE(in.good());
+    const std::vector<uint8_t> seed((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    REQUIRE(seed.size() > 16);
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8; ++i) hlen |= uint64_t(seed[size_t(i)]) << (8 * i);
+    REQUIRE(hlen + 8 <= seed.size());
+    std::mt19937_64 rng(4242);
+    const std::string path = temp_path("mutated");
+    int loaded = 0, rejected = 0;
+    for (int iter = 0; iter < 300; ++iter) {
+        std::vector<uint8_t> b = seed;
+        switch (rng() % 4) {
+            case 0:  // bytes of the header
+                for (int k = 0, n = 1 + int(rng() % 3); k < n; ++k) b[8 + size_t(rng() % hlen)] = uint8_t(rng());
+                break;
+            case 1: {  // a digit of the header
+                std::vector<size_t> digits;
+                for (size_t k = 8; k < 8 + hlen; ++k)
+                    if (b[k] >= '0' && b[k] <= '9') digits.push_back(k);
+                const char* repl = "90-";
+                b[digits[size_t(rng() % digits.size())]] = uint8_t(repl[rng() % 3]);
+                break;
+            }
+            case 2: {  // the header length
+                const uint64_t picks[] = {0, 1, hlen - 1, hlen + 1, uint64_t(b.size()), ~uint64_t(0), uint64_t(1) << 40};
+                const uint64_t v = picks[rng() % 7];
+                for (int i = 0; i < 8; ++i) b[size_t(i)] = uint8_t(v >> (8 * i));
+                break;
+            }
+            default:  // truncation
+                b.resize(size_t(rng() % b.size()));
+        }
+        {
+            std::ofstream f(path, std::ios::binary | std::ios::trunc);
+            f.write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));
+        }
+        try {
+            mla_golden::Golden g = mla_golden::Golden::load(path);
+            for (const mla_golden::Sequence& sq : g.sequences()) {
+                (void)g.seq_f32(sq.index, "hidden");
+                (void)g.seq_positions(sq.index);
+            }
+            ++loaded;
+        } catch (const Error&) {
+            ++rejected;
+        } catch (const std::exception& e) {
+            CHECK_MSG(false, "iteration " + std::to_string(iter) + ": " + e.what());
+        }
+    }
+    std::filesystem::remove(path);
+    CHECK(loaded > 0);
+    CHECK(rejected > 100);
 }
 
 int main(int argc, char** argv) { return mla_test::run_all(argc, argv); }

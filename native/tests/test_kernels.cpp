@@ -674,4 +674,44 @@ MLA_TEST(rope_tables_plain_formula) {
     }
 }
 
+// YaRN's attention factor and softmax scale for the mscale combinations transformers
+// distinguishes (_compute_yarn_parameters, DeepseekV3Attention.__init__): the factor is
+// get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim) only when both are set, else
+// get_mscale(factor) (or attention_factor when given); the softmax scale is multiplied by
+// get_mscale(factor, mscale_all_dim)^2 only when mscale_all_dim is set. cos at position 0 is the
+// attention factor itself.
+MLA_TEST(yarn_mscale_combinations) {
+    auto get_mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+    struct Case { double factor, mscale, mscale_all_dim, attention_factor; };
+    const Case cases[] = {
+        {40, 0.707, 0.707, 0}, {40, 0.707, 0, 0}, {40, 0, 0.707, 0}, {40, 1.0, 0.707, 0},
+        {40, 0, 0, 0}, {40, 1.0, 1.0, 2.5}, {1, 1.0, 0.5, 0}, {8, 0.5, 1.0, 0}};
+    for (const Case& k : cases) {
+        mla_config cfg = small_config(64, 16, 0, MLA_ROPE_SCALING_YARN);
+        cfg.rope_factor = k.factor;
+        cfg.rope_mscale = k.mscale;
+        cfg.rope_mscale_all_dim = k.mscale_all_dim;
+        cfg.rope_attention_factor = k.attention_factor;
+        cfg.softmax_scale = 0;
+        double af = k.attention_factor;
+        if (af == 0)
+            af = (k.mscale != 0 && k.mscale_all_dim != 0)
+                     ? get_mscale(k.factor, k.mscale) / get_mscale(k.factor, k.mscale_all_dim)
+                     : get_mscale(k.factor, 1.0);
+        double scale = std::pow(double(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim), -0.5);
+        if (k.mscale_all_dim != 0) scale *= get_mscale(k.factor, k.mscale_all_dim) * get_mscale(k.factor, k.mscale_all_dim);
+        const int32_t pos = 0;
+        std::vector<float> cs(16), sn(16);
+        REQUIRE_OK(mla_config_rope_tables(&cfg, &pos, 1, cs.data(), sn.data()));
+        double got_scale = 0;
+        REQUIRE_OK(mla_config_softmax_scale(&cfg, &got_scale));
+        char what[128];
+        std::snprintf(what, sizeof what, "factor %g mscale %g mscale_all_dim %g attention_factor %g", k.factor,
+                      k.mscale, k.mscale_all_dim, k.attention_factor);
+        CHECK_LE_TOL(std::string(what) + ": attention factor rel err", std::fabs(cs[0] - af) / af, 1e-6);
+        CHECK_LE_TOL(std::string(what) + ": softmax scale rel err", std::fabs(got_scale - scale) / scale, 1e-12);
+        CHECK_EQ(sn[3], 0.0f);
+    }
+}
+
 int main(int argc, char** argv) { return mla_test::run_all(argc, argv); }

@@ -8,6 +8,9 @@
 #include <thread>
 #include <vector>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include "mla_test.h"
 #include "test_util.h"
 
@@ -258,6 +261,41 @@ MLA_TEST(context_create_bad_args) {
     }
 }
 
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && defined(__linux__)
+// Worker threads that cannot be started (here: no address space left for their stacks) are a
+// resource shortage, reported as MLA_ERROR_OUT_OF_MEMORY, not as an internal error.
+MLA_TEST(context_create_without_room_for_threads) {
+    rlimit old{};
+    REQUIRE(getrlimit(RLIMIT_AS, &old) == 0);
+    long pages = 0;
+    {
+        std::FILE* f = std::fopen("/proc/self/statm", "r");
+        REQUIRE(f != nullptr);
+        REQUIRE(std::fscanf(f, "%ld", &pages) == 1);
+        std::fclose(f);
+    }
+    // Room for a few hundred MiB more, far less than 1024 thread stacks of 8 MiB.
+    rlimit tight = old;
+    tight.rlim_cur = rlim_t(pages) * rlim_t(sysconf(_SC_PAGESIZE)) + (rlim_t(256) << 20);
+    if (old.rlim_cur != RLIM_INFINITY && old.rlim_cur < tight.rlim_cur) tight.rlim_cur = old.rlim_cur;
+    REQUIRE(setrlimit(RLIMIT_AS, &tight) == 0);
+    mla_context_options o;
+    mla_context_options_init(&o);
+    o.num_threads = 1024;
+    mla_context* out = nullptr;
+    const mla_status st = mla_context_create(&o, &out);
+    const std::string msg = mla_last_error();
+    setrlimit(RLIMIT_AS, &old);
+    if (st == MLA_OK) {  // the machine had room after all: nothing to check
+        mla_context_destroy(out);
+        return;
+    }
+    CHECK_MSG(st == MLA_ERROR_OUT_OF_MEMORY, status_text(st) + ": " + msg);
+    CHECK_MSG(msg.find("threads") != std::string::npos, msg);
+    CHECK(out == nullptr);
+}
+#endif
+
 MLA_TEST(cuda_backend_without_gpu) {
     // This suite runs on CPU-only machines; a CUDA build on a machine with a GPU is the
     // CUDA suite's business, so that case only checks success and the reported backend.
@@ -470,6 +508,9 @@ MLA_TEST(compress_bad_args) {
         {"reserved0", MLA_ERROR_INVALID_ARGUMENT, [](CompressFixture& f) { f.p.reserved0 = 1; }},
         {"reserved1", MLA_ERROR_INVALID_ARGUMENT, [](CompressFixture& f) { f.p.reserved1 = 1; }},
         {"kv_a_stride", MLA_ERROR_INVALID_ARGUMENT, [](CompressFixture& f) { f.p.kv_a_stride = 23; }},
+        // [T, kv_a_stride] would span more than the address space: rows past the first are wild.
+        {"kv_a_stride", MLA_ERROR_INVALID_ARGUMENT, [](CompressFixture& f) { f.p.kv_a_stride = INT64_MAX / 2; }},
+        {"kv_a_stride", MLA_ERROR_INVALID_ARGUMENT, [](CompressFixture& f) { f.p.kv_a_stride = INT64_MAX / 5; }},
         {"norm_weight", MLA_ERROR_INVALID_ARGUMENT, [](CompressFixture& f) { f.p.norm_weight = nullptr; }},
         {"norm_weight_dtype", MLA_ERROR_INVALID_ARGUMENT, [](CompressFixture& f) { f.p.norm_weight_dtype = 9; }},
         {"positions", MLA_ERROR_INVALID_ARGUMENT, [](CompressFixture& f) { f.p.positions = nullptr; }},
@@ -857,6 +898,141 @@ MLA_TEST(layer_forward_zero_tokens) {
     CHECK_STATUS(mla_layer_forward(layer.get(), cache.get(), &b, &h, MLA_DTYPE_F32, &o, MLA_DTYPE_F32, nullptr), MLA_OK);
     CHECK_EQ(o, -1.0f);
     CHECK(cache_bytes(cache.get()) == before);
+}
+
+MLA_TEST(layer_forward_rope_wider_than_latent) {
+    // qk_rope_head_dim (256) far above both kv_lora_rank (8) and 64: the attention scratch must be
+    // sized for the real rope width, and a token-by-token run must match the one-shot prefill.
+    mla_config cfg = tiny_config();
+    cfg.kv_lora_rank = 8;
+    cfg.qk_rope_head_dim = 256;
+    const int64_t H = cfg.num_heads, D = cfg.hidden_size, dc = cfg.kv_lora_rank, dn = cfg.qk_nope_head_dim,
+                  dr = cfg.qk_rope_head_dim, dv = cfg.v_head_dim;
+    std::mt19937_64 rng(5);
+    std::vector<float> q = random_floats(rng, size_t(H * (dn + dr) * D), -0.2f, 0.2f);
+    std::vector<float> kva = random_floats(rng, size_t((dc + dr) * D), -0.2f, 0.2f);
+    std::vector<float> kvan = random_floats(rng, size_t(dc), 0.9f, 1.1f);
+    std::vector<float> kvb = random_floats(rng, size_t(H * (dn + dv) * dc), -0.2f, 0.2f);
+    std::vector<float> o = random_floats(rng, size_t(D * H * dv), -0.2f, 0.2f);
+    mla_layer_weights w;
+    REQUIRE_OK(mla_layer_weights_init(&w));
+    auto set = [](mla_weight& m, const std::vector<float>& v, int64_t r, int64_t c) {
+        m.data = v.data();
+        m.dtype = MLA_DTYPE_F32;
+        m.rows = r;
+        m.cols = c;
+    };
+    set(w.q_proj, q, H * (dn + dr), D);
+    set(w.kv_a_proj_with_mqa, kva, dc + dr, D);
+    set(w.kv_a_layernorm, kvan, dc, 1);
+    set(w.kv_b_proj, kvb, H * (dn + dv), dc);
+    set(w.o_proj, o, D, H * dv);
+    ContextPtr ctx = make_context(MLA_SIMD_AUTO, 2);
+    LayerPtr layer = make_layer(ctx.get(), cfg, w);
+    const int32_t T = 5;
+    const std::vector<float> hidden = random_floats(rng, size_t(T * D));
+    int32_t table[2] = {0, 1};
+    // One-shot prefill of 5 tokens.
+    CachePtr c1 = make_cache(ctx.get(), MLA_DTYPE_F32, 4, 2, int32_t(dc), int32_t(dr));
+    std::vector<float> out1(size_t(T * D), -5.0f);
+    {
+        int32_t qo[2] = {0, T}, lens[1] = {0};
+        mla_batch b;
+        REQUIRE_OK(mla_batch_init(&b));
+        b.num_seqs = 1;
+        b.num_tokens = T;
+        b.block_table_stride = 2;
+        b.qo_indptr = qo;
+        b.cache_lens = lens;
+        b.block_table = table;
+        CHECK_STATUS(mla_layer_forward(layer.get(), c1.get(), &b, hidden.data(), MLA_DTYPE_F32, out1.data(),
+                                       MLA_DTYPE_F32, nullptr), MLA_OK);
+    }
+    // The same tokens one at a time.
+    CachePtr c2 = make_cache(ctx.get(), MLA_DTYPE_F32, 4, 2, int32_t(dc), int32_t(dr));
+    std::vector<float> out2(size_t(T * D), -7.0f);
+    for (int32_t t = 0; t < T; ++t) {
+        int32_t qo[2] = {0, 1}, lens[1] = {t};
+        mla_batch b;
+        REQUIRE_OK(mla_batch_init(&b));
+        b.num_seqs = 1;
+        b.num_tokens = 1;
+        b.block_table_stride = 2;
+        b.qo_indptr = qo;
+        b.cache_lens = lens;
+        b.block_table = table;
+        CHECK_STATUS(mla_layer_forward(layer.get(), c2.get(), &b, hidden.data() + t * D, MLA_DTYPE_F32,
+                                       out2.data() + t * D, MLA_DTYPE_F32, nullptr), MLA_OK);
+    }
+    CHECK(out1[0] != -5.0f);
+    CHECK_LE_TOL("token-by-token vs prefill, rel err", max_rel(out2, out1), 1e-5);
+    CHECK(cache_bytes(c1.get()) == cache_bytes(c2.get()));
+}
+
+// Random, often invalid batches through mla_layer_forward: every call returns a documented status,
+// and a failed call leaves the cache and out untouched. Arrays are sized exactly as the batch
+// claims, so a read past one shows under AddressSanitizer.
+MLA_TEST(layer_forward_random_batches_fail_cleanly) {
+    ContextPtr ctx = make_context(MLA_SIMD_AUTO, 2);
+    TinyWeights tw;
+    LayerPtr layer = make_layer(ctx.get(), tw.cfg, tw.w);
+    const int32_t D = tw.cfg.hidden_size, bs = 4, nblocks = 8;
+    CachePtr cache = make_cache(ctx.get(), MLA_DTYPE_F32, bs, nblocks, 16, 8);
+    std::mt19937_64 rng(77);
+    auto pick = [&](int32_t lo, int32_t hi) { return int32_t(lo + int64_t(rng() % uint64_t(int64_t(hi) - lo + 1))); };
+    int ok = 0, failed = 0;
+    for (int iter = 0; iter < 600; ++iter) {
+        const int32_t B = pick(1, 4);
+        std::vector<int32_t> qo(size_t(B) + 1, 0), lens(static_cast<size_t>(B));
+        for (int32_t b = 0; b < B; ++b) {
+            qo[size_t(b) + 1] = qo[size_t(b)] + pick(0, 5);
+            lens[size_t(b)] = pick(0, 3) == 0 ? pick(-2, 40) : pick(0, 12);
+        }
+        int32_t T = qo[size_t(B)];
+        const int mutate = pick(0, 9);
+        if (mutate == 0) qo[size_t(pick(0, B))] += pick(-3, 3);
+        if (mutate == 1) T += pick(-2, 2);
+        if (mutate == 2) lens[size_t(pick(0, B - 1))] = INT32_MAX - pick(0, 3);
+        if (mutate == 3) qo[size_t(pick(1, B))] = INT32_MIN + pick(0, 3);
+        const int32_t stride = pick(0, 5);
+        std::vector<int32_t> table(size_t(B) * size_t(stride));
+        for (int32_t& e : table) e = pick(0, 7) == 0 ? pick(-2, nblocks + 2) : pick(0, nblocks - 1);
+        const bool with_pos = pick(0, 1) == 1;
+        std::vector<int32_t> pos(size_t(std::max(T, 0)));
+        for (int32_t& p : pos) p = pick(0, 9) == 0 ? pick(-3, -1) : pick(0, 100);
+        std::vector<float> hidden(size_t(std::max(T, 0)) * size_t(D), 0.25f);
+        std::vector<float> out(size_t(std::max(T, 0)) * size_t(D), -3.0f);
+        mla_batch b;
+        REQUIRE_OK(mla_batch_init(&b));
+        b.num_seqs = B;
+        b.num_tokens = T;
+        b.block_table_stride = stride;
+        b.qo_indptr = qo.data();
+        b.cache_lens = lens.data();
+        b.positions = with_pos ? pos.data() : nullptr;
+        b.block_table = table.empty() ? nullptr : table.data();
+        const std::vector<uint8_t> before = cache_bytes(cache.get());
+        const std::vector<float> out0 = out;
+        const mla_status st = mla_layer_forward(layer.get(), cache.get(), &b, hidden.empty() ? nullptr : hidden.data(),
+                                                MLA_DTYPE_F32, out.empty() ? nullptr : out.data(), MLA_DTYPE_F32,
+                                                nullptr);
+        const std::string msg = mla_last_error();
+        if (st == MLA_OK) {
+            ++ok;
+            CHECK(msg.empty());
+            for (float v : out) CHECK(std::isfinite(v));
+        } else {
+            ++failed;
+            CHECK_MSG(st == MLA_ERROR_INVALID_ARGUMENT || st == MLA_ERROR_CACHE_FULL,
+                      "iteration " + std::to_string(iter) + ": " + status_text(st) + ": " + msg);
+            CHECK_MSG(!msg.empty(), "iteration " + std::to_string(iter) + ": failure without a message");
+            CHECK_MSG(cache_bytes(cache.get()) == before, "iteration " + std::to_string(iter) + ": cache written: " + msg);
+            CHECK_MSG(out == out0, "iteration " + std::to_string(iter) + ": out written: " + msg);
+        }
+    }
+    // Both kinds of batches were exercised.
+    CHECK(ok > 50);
+    CHECK(failed > 50);
 }
 
 int main(int argc, char** argv) { return mla_test::run_all(argc, argv); }

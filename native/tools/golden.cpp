@@ -392,8 +392,8 @@ SafeTensors SafeTensors::load(const std::string& path) {
             int64_t n = d.as_int(where + ".shape");
             if (n < 0 || n > (int64_t(1) << 40)) throw Error(where + ": bad dimension " + std::to_string(n));
             t.shape.push_back(n);
+            if (n != 0 && numel > (uint64_t(1) << 40) / uint64_t(n)) throw Error(where + ": too many elements");
             numel *= uint64_t(n);
-            if (numel > (uint64_t(1) << 40)) throw Error(where + ": too many elements");
         }
         const auto& o = offs->as_array(where + ".data_offsets");
         if (o.size() != 2) throw Error(where + ": data_offsets needs 2 entries");

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -57,21 +58,26 @@ void CpuBackend::copy(void* dst, const void* src, size_t bytes, void*) {
 
 // One token per task: RMSNorm(latent) * weight (f64 sum of squares), RoPE(k_rope), write the slot.
 void CpuBackend::compress(const CompressParams& p, void*) {
-    const int64_t dc = p.cache.dc, dr = p.cache.dr, E = p.cache.entry_elems();
-    const RopeParams& rope = *p.rope;
+    const int64_t dc = p.cache.dc, dr = p.cache.dr;
     std::vector<float> weight(static_cast<size_t>(dc));
     if (p.norm_dtype == DType::BF16)
         k_.bf16_to_f32(static_cast<const uint16_t*>(p.norm_weight), weight.data(), dc);
     else
         std::memcpy(weight.data(), p.norm_weight, size_t(dc) * 4);
+    // Scratch per worker, allocated before anything is written (tasks must not throw).
+    std::vector<float> scratch(size_t(compress_scratch_floats(dc, dr)));
+    compress_rows(p, weight.data(), scratch.data());
+}
+
+void CpuBackend::compress_rows(const CompressParams& p, const float* weight, float* scratch) {
+    const int64_t dc = p.cache.dc, dr = p.cache.dr, E = p.cache.entry_elems();
+    const RopeParams& rope = *p.rope;
     const int64_t T = p.num_tokens;
     const int64_t per_task = std::max<int64_t>(1, T / (4 * threads()) + 1);
     const int64_t n_tasks = (T + per_task - 1) / per_task;
-    // Scratch per worker, allocated before anything is written (tasks must not throw).
     const int64_t per_worker = 2 * E + 2 * dr;
-    std::vector<float> scratch(size_t(per_worker * threads()));
     pool_.run(n_tasks, [&](int64_t task, int worker) {
-        float* row = scratch.data() + worker * per_worker;
+        float* row = scratch + worker * per_worker;
         float* entry = row + E;
         float* cs = entry + E;
         for (int64_t t = task * per_task; t < std::min(T, (task + 1) * per_task); ++t) {
@@ -132,7 +138,13 @@ std::unique_ptr<Backend> make_cpu_backend(int32_t num_threads, int32_t simd) {
         unsigned hc = std::thread::hardware_concurrency();
         n = hc == 0 ? 1 : int(hc);
     }
-    return std::make_unique<CpuBackend>(n, *k);
+    try {
+        return std::make_unique<CpuBackend>(n, *k);
+    } catch (const std::system_error& e) {  // a worker thread could not be started
+        throw Error(MLA_ERROR_OUT_OF_MEMORY, "mla_context_create: cannot start " + std::to_string(n - 1) +
+                                                 " worker threads (options.num_threads = " +
+                                                 std::to_string(num_threads) + "): " + e.what());
+    }
 }
 
 }  // namespace mla

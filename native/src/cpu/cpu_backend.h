@@ -23,11 +23,19 @@ public:
     void copy(void* dst, const void* src, size_t bytes, void* stream) override;
 
     void compress(const CompressParams& p, void* stream) override;
+    // compress without allocating: weight is the f32 norm weight [dc], scratch holds
+    // compress_scratch_floats() floats. Cannot fail.
+    void compress_rows(const CompressParams& p, const float* weight, float* scratch);
+    int64_t compress_scratch_floats(int64_t dc, int64_t dr) const { return (2 * (dc + dr) + 2 * dr) * threads(); }
 
     size_t attention_metadata_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
                                     int32_t dc) const override;
     size_t attention_workspace_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
                                      int32_t dc) const override;
+    // The workspace attention_run needs for a known rope width dr (the ABI's size reserves one
+    // for dr <= max(dc, 64) only); the layer sizes its own workspace with it.
+    size_t attention_workspace_bytes_for(int32_t max_seqs, int32_t max_tokens, int32_t heads,
+                                         int32_t dc, int32_t dr) const;
     void attention_plan(const AttentionParams& p, void* metadata, size_t metadata_bytes,
                         void* stream) override;
     void attention_run(const AttentionParams& p, const void* metadata, size_t metadata_bytes,

@@ -106,7 +106,7 @@ struct CpuLayer::Buffers {
     std::vector<int64_t> slots;
     std::vector<int32_t> seq_lens, qo, cache_lens;
     std::vector<unsigned char> meta;
-    std::vector<float> ws;
+    std::vector<float> ws, compress_scratch;
 };
 
 // Tokens are processed in chunks of rows (in batch order) so that the per-token intermediates
@@ -138,7 +138,9 @@ void CpuLayer::forward(const BatchDesc& batch, const CacheDesc& cache, const voi
     bf.qo.resize(size_t(B + 1));
     bf.cache_lens.resize(size_t(B));
     bf.meta.resize(be_.attention_metadata_bytes(int32_t(B), int32_t(C), int32_t(Hs), int32_t(dc)));
-    bf.ws.resize((be_.attention_workspace_bytes(int32_t(B), int32_t(C), int32_t(Hs), int32_t(dc)) + 3) / 4);
+    bf.compress_scratch.resize(size_t(be_.compress_scratch_floats(dc, dr)));
+    bf.ws.resize((be_.attention_workspace_bytes_for(int32_t(B), int32_t(C), int32_t(Hs), int32_t(dc),
+                                                    int32_t(dr)) + 3) / 4);
 
     const size_t hsz = hidden_dtype == DType::BF16 ? 2 : 4, osz = out_dtype == DType::BF16 ? 2 : 4;
     int64_t b0 = 0;
@@ -237,7 +239,7 @@ void CpuLayer::run_chunk(const BatchDesc& batch, const CacheDesc& cache, const v
     cp.eps = s_.eps;
     cp.rope = &s_.rope;
     cp.cache = cache;
-    be_.compress(cp, stream);
+    be_.compress_rows(cp, kv_a_norm_.data(), bf.compress_scratch.data());
 
     // Absorption: q_lat[t, h] = W_UK_T[h] . q_nope[t, h]; RoPE on q_rope.
     float* qabs = bf.qabs.data();

@@ -5,6 +5,7 @@ import dev.mla4j.bindings.mla_attention_params;
 import dev.mla4j.bindings.mla_compress_params;
 
 import java.lang.foreign.Arena;
+import java.lang.ref.Reference;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Objects;
@@ -60,7 +61,9 @@ public final class Attention extends NativeResource {
             throw new MlaException(MlaException.Status.UNSUPPORTED,
                     "Attention: device buffers for CUDA contexts are not available from Java yet");
         }
+        context.beginChild();  // the context refuses to close until endChild
         Arena arena = Arena.ofShared();
+        Attention made = null;
         try (Arena tmp = Arena.ofConfined()) {
             MemorySegment meta = tmp.allocate(ValueLayout.JAVA_LONG);
             MemorySegment ws = tmp.allocate(ValueLayout.JAVA_LONG);
@@ -68,11 +71,13 @@ public final class Attention extends NativeResource {
                     meta, ws), "mla_attention_workspace_size");
             Attention a = new Attention(context, arena, maxNumSeqs, maxNumTokens, numHeads, kvLoraRank,
                     meta.get(ValueLayout.JAVA_LONG, 0), ws.get(ValueLayout.JAVA_LONG, 0));
-            context.register(a);
+            made = a;
             return a;
         } catch (RuntimeException e) {
             arena.close();
             throw e;
+        } finally {
+            context.endChild(made);
         }
     }
 
@@ -120,9 +125,20 @@ public final class Attention extends NativeResource {
             throw new IllegalArgumentException("kvAStride = " + kvAStride + " must be >= kv_lora_rank + rope_dim = " + entry);
         }
         long t = batch.numTokens();
-        Native.requireNative(kvA, "kvA", t == 0 ? 0 : ((t - 1) * kvAStride + entry) * kvADtype.byteSize());
+        long kvABytes;
+        try {
+            kvABytes = t == 0 ? 0 : Math.multiplyExact(Math.addExact(Math.multiplyExact(t - 1, kvAStride), entry),
+                    kvADtype.byteSize());
+        } catch (ArithmeticException e) {
+            throw new IllegalArgumentException("kvAStride = " + kvAStride + " with " + t
+                    + " tokens: kvA would need more than 2^63 bytes");
+        }
+        Native.requireNative(kvA, "kvA", kvABytes);
         Native.requireNative(normWeight, "normWeight", (long) cache.kvLoraRank() * normDtype.byteSize());
         cache.checkCurrent(batch);
+        // The call reaches the cache and the batch's arrays through pointers in the params struct:
+        // keep the cache from closing and the batch (an automatic arena) reachable until it returns.
+        cache.acquire();
         try (Arena tmp = Arena.ofConfined()) {
             MemorySegment p = mla_compress_params.allocate(tmp);
             Native.check(Mla.mla_compress_params_init(p), "mla_compress_params_init");
@@ -136,6 +152,11 @@ public final class Attention extends NativeResource {
             mla_compress_params.slot_mapping(p, batch.slotMapping);
             mla_compress_params.cache(p, cache.view());
             Native.check(Mla.mla_compress(context.handle(), config.toNative(tmp), p, MemorySegment.NULL), "mla_compress");
+        } finally {
+            cache.release();
+            Reference.reachabilityFence(batch);
+            Reference.reachabilityFence(kvA);
+            Reference.reachabilityFence(normWeight);
         }
     }
 
@@ -190,16 +211,26 @@ public final class Attention extends NativeResource {
         if (!(softmaxScale > 0) || Float.isInfinite(softmaxScale)) {
             throw new IllegalArgumentException("softmaxScale = " + softmaxScale + " must be > 0");
         }
-        fillParams(batch, q, qDtype, out, outDtype, lse, softmaxScale, causal);
-        if (planned != batch) {
-            planned = null;
-            Native.check(Mla.mla_attention_plan(context.handle(), params, metadata, metadata.byteSize(),
-                    MemorySegment.NULL), "mla_attention_plan");
-            planned = batch;
-            plans++;
+        // As in compress: the cache, the batch's arrays, q, out and lse are reached through params.
+        cache.acquire();
+        try {
+            fillParams(batch, q, qDtype, out, outDtype, lse, softmaxScale, causal);
+            if (planned != batch) {
+                planned = null;
+                Native.check(Mla.mla_attention_plan(context.handle(), params, metadata, metadata.byteSize(),
+                        MemorySegment.NULL), "mla_attention_plan");
+                planned = batch;
+                plans++;
+            }
+            Native.check(Mla.mla_attention_run(context.handle(), params, metadata, metadata.byteSize(), workspace,
+                    workspace.byteSize(), MemorySegment.NULL), "mla_attention_run");
+        } finally {
+            cache.release();
+            Reference.reachabilityFence(batch);
+            Reference.reachabilityFence(q);
+            Reference.reachabilityFence(out);
+            Reference.reachabilityFence(lse);
         }
-        Native.check(Mla.mla_attention_run(context.handle(), params, metadata, metadata.byteSize(), workspace,
-                workspace.byteSize(), MemorySegment.NULL), "mla_attention_run");
     }
 
     /** How many schedules this object has planned (one per distinct batch run). */

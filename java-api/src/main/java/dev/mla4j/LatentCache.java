@@ -43,6 +43,7 @@ public final class LatentCache extends NativeResource {
 
     private static final class Sequence {
         int length;
+        boolean writing;  // a forward is appending to it (between beginWrite and endWrite)
         int[] blocks = new int[4];
         int numBlocks;
 
@@ -99,7 +100,9 @@ public final class LatentCache extends NativeResource {
         if (numBlocks < 1) {
             throw new IllegalArgumentException("numBlocks = " + numBlocks + " must be >= 1");
         }
+        context.beginChild();  // the context refuses to close until endChild
         Arena arena = Arena.ofShared();
+        LatentCache made = null;
         try (Arena tmp = Arena.ofConfined()) {
             MemorySegment opts = mla_cache_options.allocate(tmp);
             Native.check(Mla.mla_cache_options_init(opts), "mla_cache_options_init");
@@ -112,11 +115,13 @@ public final class LatentCache extends NativeResource {
             Native.check(Mla.mla_cache_create(context.handle(), opts, out), "mla_cache_create");
             LatentCache cache = new LatentCache(context, arena, out.get(ValueLayout.ADDRESS, 0), dtype, blockSize,
                     numBlocks, kvLoraRank, ropeDim);
-            context.register(cache);
+            made = cache;
             return cache;
         } catch (RuntimeException e) {
             arena.close();
             throw e;
+        } finally {
+            context.endChild(made);
         }
     }
 
@@ -306,10 +311,42 @@ public final class LatentCache extends NativeResource {
         }
     }
 
+    /**
+     * Claims the batch's sequences for one forward: checks that the batch is current and that no
+     * other forward is appending to them, then marks them until {@link #endWrite}. Two batches
+     * appending to one sequence thus never write at once: the second fails before writing.
+     *
+     * @throws IllegalStateException the batch is stale, or another thread is appending to one of its sequences
+     */
+    synchronized void beginWrite(Batch batch) {
+        if (batch.cache() != this) {
+            throw new IllegalArgumentException("the batch was built for another cache");
+        }
+        checkCurrent(batch);
+        for (int b = 0; b < batch.numSeqs(); b++) {
+            seq(batch.seqId(b)).writing = true;
+        }
+    }
+
+    /** Ends a {@link #beginWrite}; advances the sequences by the batch's tokens when commit is set. */
+    synchronized void endWrite(Batch batch, boolean commit) {
+        for (int b = 0; b < batch.numSeqs(); b++) {
+            Sequence s = sequences.get(batch.seqId(b));
+            s.writing = false;
+            if (commit) {
+                s.length += batch.newTokens(b);
+            }
+        }
+    }
+
     /** Checks that the batch still matches the sequences' lengths (before a native call writes). */
     synchronized void checkCurrent(Batch batch) {
         for (int b = 0; b < batch.numSeqs(); b++) {
             Sequence s = seq(batch.seqId(b));
+            if (s.writing) {
+                throw new IllegalStateException("sequence " + batch.seqId(b)
+                        + " is being appended to by another thread's forward");
+            }
             if (s.length != batch.cacheLen(b)) {
                 throw new IllegalStateException("batch is stale: sequence " + batch.seqId(b) + " has " + s.length
                         + " tokens, the batch was built at " + batch.cacheLen(b));
@@ -356,9 +393,16 @@ public final class LatentCache extends NativeResource {
         return id;
     }
 
-    /** Drops a sequence; its blocks return to the free list when no other sequence shares them. */
+    /**
+     * Drops a sequence; its blocks return to the free list when no other sequence shares them.
+     *
+     * @throws IllegalStateException a forward on another thread is appending to the sequence
+     */
     public synchronized void free(int seqId) {
         Sequence s = seq(seqId);
+        if (s.writing) {
+            throw new IllegalStateException("sequence " + seqId + " is being appended to by a forward; free it after");
+        }
         for (int i = 0; i < s.numBlocks; i++) {
             int b = s.blocks[i];
             if (--refCount[b] == 0) {

@@ -227,8 +227,9 @@ public record MlaConfig(
                     if (!(factor >= 1.0) || Double.isInfinite(factor)) {
                         throw new IllegalArgumentException("config.json: " + p + "factor = " + factor + " must be >= 1");
                     }
-                    betaFast = positive(rp, "beta_fast", 32.0, p);
-                    betaSlow = positive(rp, "beta_slow", 1.0, p);
+                    // transformers reads them as `get(...) or default`: 0 means the default
+                    betaFast = positiveOrDefault(rp, "beta_fast", 32.0, p);
+                    betaSlow = positiveOrDefault(rp, "beta_slow", 1.0, p);
                     mscale = nonNegative(rp, "mscale", 0, p);
                     mscaleAllDim = nonNegative(rp, "mscale_all_dim", 0, p);
                     attentionFactor = nonNegative(rp, "attention_factor", 0, p);
@@ -289,8 +290,11 @@ public record MlaConfig(
         return n.asDouble();
     }
 
-    private static double positive(JsonNode node, String name, double dflt, String prefix) {
+    private static double positiveOrDefault(JsonNode node, String name, double dflt, String prefix) {
         double v = doubleField(node, name, dflt, prefix);
+        if (v == 0) {
+            return dflt;
+        }
         if (!(v > 0) || Double.isInfinite(v)) {
             throw new IllegalArgumentException("config.json: " + prefix + name + " = " + v + " must be > 0");
         }

@@ -41,6 +41,9 @@ public final class MlaContext extends NativeResource {
     }
 
     private final Set<NativeResource> children = ConcurrentHashMap.newKeySet();
+    private final Object childLock = new Object();
+    private int pendingChildren;  // creations between beginChild and endChild, guarded by childLock
+    private boolean closing;      // beforeClose passed, guarded by childLock
     private final Backend backend;
 
     private MlaContext(Arena arena, MemorySegment raw, Backend backend) {
@@ -102,9 +105,31 @@ public final class MlaContext extends NativeResource {
         }
     }
 
-    void register(NativeResource child) {
-        ensureOpen();
-        children.add(child);
+    /**
+     * Announces the creation of a layer, cache or workspace in this context: from here until
+     * {@link #endChild} the context refuses to close, so it cannot be destroyed between the native
+     * create call and the child's registration.
+     *
+     * @throws IllegalStateException the context is closed or closing
+     */
+    void beginChild() {
+        synchronized (childLock) {
+            if (closing) {
+                throw new IllegalStateException("MlaContext is closed");
+            }
+            ensureOpen();
+            pendingChildren++;
+        }
+    }
+
+    /** Ends a {@link #beginChild}: registers child, or nothing (null) when the creation failed. */
+    void endChild(NativeResource child) {
+        synchronized (childLock) {
+            pendingChildren--;
+            if (child != null) {
+                children.add(child);
+            }
+        }
     }
 
     void unregister(NativeResource child) {
@@ -118,9 +143,19 @@ public final class MlaContext extends NativeResource {
 
     @Override
     void beforeClose() {
-        if (!children.isEmpty()) {
-            throw new IllegalStateException("MlaContext still has " + children.size()
-                    + " open layers/caches/workspaces; close them before the context");
+        synchronized (childLock) {
+            if (!children.isEmpty() || pendingChildren > 0) {
+                throw new IllegalStateException("MlaContext still has " + (children.size() + pendingChildren)
+                        + " open layers/caches/workspaces; close them before the context");
+            }
+            closing = true;
+        }
+    }
+
+    @Override
+    void closeRefused() {
+        synchronized (childLock) {
+            closing = false;
         }
     }
 }

@@ -75,7 +75,9 @@ public final class MlaLayer extends NativeResource {
         long h = config.numHeads();
         long d = config.hiddenSize();
         long qk = config.qkNopeHeadDim() + config.qkRopeHeadDim();
+        context.beginChild();  // the context refuses to close until endChild
         Arena arena = Arena.ofShared();
+        MlaLayer made = null;
         try (Arena tmp = Arena.ofConfined()) {
             MemorySegment w = mla_layer_weights.allocate(tmp);
             Native.check(Mla.mla_layer_weights_init(w), "mla_layer_weights_init");
@@ -100,11 +102,13 @@ public final class MlaLayer extends NativeResource {
             MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
             Native.check(Mla.mla_layer_create(context.handle(), config.toNative(tmp), w, opts, out), "mla_layer_create");
             MlaLayer layer = new MlaLayer(context, arena, out.get(ValueLayout.ADDRESS, 0), config, headBegin, headEnd);
-            context.register(layer);
+            made = layer;
             return layer;
         } catch (RuntimeException e) {
             arena.close();
             throw e;
+        } finally {
+            context.endChild(made);
         }
     }
 
@@ -207,10 +211,15 @@ public final class MlaLayer extends NativeResource {
         if (cache.context() != context) {
             throw new IllegalArgumentException("the batch's cache belongs to another context than this layer");
         }
-        cache.checkCurrent(batch);
-        Native.check(Mla.mla_layer_forward(handle(), cache.handle(), batch.nativeBatch(), hidden, hiddenType.mlaCode(),
-                out, outType.mlaCode(), MemorySegment.NULL), "mla_layer_forward");
-        cache.commit(batch);
+        cache.beginWrite(batch);
+        boolean written = false;
+        try {
+            Native.check(Mla.mla_layer_forward(handle(), cache.handle(), batch.nativeBatch(), hidden,
+                    hiddenType.mlaCode(), out, outType.mlaCode(), MemorySegment.NULL), "mla_layer_forward");
+            written = true;
+        } finally {
+            cache.endWrite(batch, written);
+        }
     }
 
     /** As {@link #forward(Batch, MemorySegment, DType, MemorySegment, DType)} with f32 Java arrays. */

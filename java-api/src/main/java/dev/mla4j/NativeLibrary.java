@@ -6,14 +6,20 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.io.UncheckedIOException;
 import java.nio.file.AtomicMoveNotSupportedException;
+import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
+import java.nio.file.attribute.PosixFileAttributes;
+import java.nio.file.attribute.PosixFilePermission;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.util.HexFormat;
 import java.util.Locale;
 import java.util.Properties;
+import java.util.Set;
 
 /**
  * Finds and loads libmla, once per class loader.
@@ -182,14 +188,16 @@ public final class NativeLibrary {
         String hash = sha256(bytes).substring(0, 16);
         String fileName = resource.substring(resource.lastIndexOf('/') + 1);
         String user = System.getProperty("user.name", "user").replaceAll("[^A-Za-z0-9_.-]", "_");
-        Path dir = Path.of(System.getProperty("java.io.tmpdir"), "mla4j-" + user, hash);
+        Path userDir = Path.of(System.getProperty("java.io.tmpdir"), "mla4j-" + user);
+        Path dir = userDir.resolve(hash);
         Path target = dir.resolve(fileName);
         try {
+            createPrivateDirectory(userDir);
+            createPrivateDirectory(dir);
             if (Files.isRegularFile(target) && Files.size(target) == bytes.length
                     && sha256(Files.readAllBytes(target)).startsWith(hash)) {
                 return target;
             }
-            Files.createDirectories(dir);
             Path tmp = Files.createTempFile(dir, fileName, ".part");
             try {
                 Files.write(tmp, bytes);
@@ -205,6 +213,41 @@ public final class NativeLibrary {
         } catch (IOException e) {
             throw new UncheckedIOException("cannot extract bundled libmla to " + target
                     + " (set java.io.tmpdir, or -D" + PATH_PROPERTY + "=/path/to/libmla.so)", e);
+        }
+    }
+
+    /**
+     * Creates dir (owner-only on POSIX) if absent and checks, on POSIX file systems, that it is a
+     * real directory owned by this user that no other user can write: the temporary directory is
+     * shared, and a directory another user controls could have the library swapped between its
+     * check and its load.
+     */
+    private static void createPrivateDirectory(Path dir) throws IOException {
+        boolean posix = dir.getFileSystem().supportedFileAttributeViews().contains("posix");
+        if (!Files.exists(dir, LinkOption.NOFOLLOW_LINKS)) {
+            try {
+                if (posix) {
+                    Files.createDirectory(dir, PosixFilePermissions.asFileAttribute(
+                            PosixFilePermissions.fromString("rwx------")));
+                } else {
+                    Files.createDirectory(dir);
+                }
+            } catch (FileAlreadyExistsException raced) {
+                // another JVM created it: checked below like any existing directory
+            }
+        }
+        if (!posix) {
+            return;
+        }
+        PosixFileAttributes a = Files.readAttributes(dir, PosixFileAttributes.class, LinkOption.NOFOLLOW_LINKS);
+        String me = System.getProperty("user.name", "");
+        Set<PosixFilePermission> p = a.permissions();
+        if (!a.isDirectory() || !a.owner().getName().equals(me) || p.contains(PosixFilePermission.GROUP_WRITE)
+                || p.contains(PosixFilePermission.OTHERS_WRITE)) {
+            throw new UnsatisfiedLinkError("will not extract libmla into " + dir + ": it must be a directory owned by "
+                    + me + " and not writable by other users (it is " + (a.isDirectory() ? "a directory" : "not a directory")
+                    + " owned by " + a.owner().getName() + ", " + PosixFilePermissions.toString(p) + "); remove it, or set "
+                    + "java.io.tmpdir, or -D" + PATH_PROPERTY + "=/path/to/libmla.so");
         }
     }
 

@@ -15,6 +15,7 @@ abstract sealed class NativeResource implements AutoCloseable permits MlaContext
     private final Arena arena;
     private final MemorySegment handle;
     private final AtomicBoolean closed = new AtomicBoolean();
+    private int users;  // calls between acquire and release, guarded by closed's monitor
 
     /** Takes ownership of raw (or of nothing, for NULL) and destroys it when closed. */
     NativeResource(String kind, Arena arena, MemorySegment raw, Consumer<MemorySegment> destroy) {
@@ -40,6 +41,26 @@ abstract sealed class NativeResource implements AutoCloseable permits MlaContext
         }
     }
 
+    /**
+     * Marks this resource in use by a call that reaches its native memory through a pointer
+     * inside another struct (which keeps no arena alive): close is refused until {@link #release()}.
+     *
+     * @throws IllegalStateException it is closed
+     */
+    final void acquire() {
+        synchronized (closed) {
+            ensureOpen();
+            users++;
+        }
+    }
+
+    /** Ends an {@link #acquire()}. */
+    final void release() {
+        synchronized (closed) {
+            users--;
+        }
+    }
+
     /** Whether {@link #close()} has run. */
     public final boolean isClosed() {
         return closed.get();
@@ -47,6 +68,10 @@ abstract sealed class NativeResource implements AutoCloseable permits MlaContext
 
     /** Called before the arena is closed, once; may throw to refuse the close (state unchanged). */
     void beforeClose() {
+    }
+
+    /** Called when the close was refused after {@link #beforeClose()} passed (state unchanged). */
+    void closeRefused() {
     }
 
     /** Called after the arena is closed, once. */
@@ -65,10 +90,14 @@ abstract sealed class NativeResource implements AutoCloseable permits MlaContext
             if (closed.get()) {
                 return;
             }
+            if (users > 0) {
+                throw new IllegalStateException(kind + " is in use by another thread and cannot be closed now");
+            }
             beforeClose();
             try {
                 arena.close();
             } catch (IllegalStateException e) {
+                closeRefused();
                 throw new IllegalStateException(kind + " is in use by another thread and cannot be closed now", e);
             }
             closed.set(true);

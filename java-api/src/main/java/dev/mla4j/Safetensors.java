@@ -10,7 +10,11 @@ import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
+import java.nio.charset.StandardCharsets;
 import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -116,7 +120,7 @@ public final class Safetensors implements AutoCloseable {
     private static Safetensors openIndex(Path index) throws IOException {
         JsonNode root;
         try {
-            root = JSON.readTree(Files.readAllBytes(index));
+            root = JSON.readTree(utf8(index, "index", Files.readAllBytes(index)));
         } catch (JsonProcessingException e) {
             throw new SafetensorsException(index + ": not valid JSON: " + e.getOriginalMessage(), e);
         }
@@ -173,6 +177,22 @@ public final class Safetensors implements AutoCloseable {
         }
     }
 
+    /**
+     * Decodes JSON text as strict UTF-8, so that Jackson never guesses another encoding (UTF-16/32
+     * from NUL bytes) or fails with a plain CharConversionException.
+     */
+    private static String utf8(Path file, String what, byte[] bytes) throws SafetensorsException {
+        try {
+            return StandardCharsets.UTF_8.newDecoder()
+                    .onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT)
+                    .decode(ByteBuffer.wrap(bytes))
+                    .toString();
+        } catch (CharacterCodingException e) {
+            throw new SafetensorsException(file + ": " + what + " is not valid UTF-8 (" + e + ")", e);
+        }
+    }
+
     private record Span(String name, long begin, long end) {
     }
 
@@ -203,9 +223,11 @@ public final class Safetensors implements AutoCloseable {
         if (headerBytes[0] != '{') {
             throw new SafetensorsException(file + ": header does not start with '{'");
         }
+        // The header is UTF-8 by the format.
+        String headerText = utf8(file, "header", headerBytes);
         JsonNode header;
         try {
-            header = JSON.readTree(headerBytes);
+            header = JSON.readTree(headerText);
         } catch (JsonProcessingException e) {
             throw new SafetensorsException(file + ": header is not valid JSON: " + e.getOriginalMessage(), e);
         }

@@ -122,4 +122,21 @@ class AttentionTest {
             }
         }
     }
+    @Test
+    void compressRejectsAStrideWhoseSizeOverflows() throws IOException {
+        try (Safetensors st = LifecycleTest.tiny(); MlaContext ctx = MlaContext.cpu(1); Arena arena = Arena.ofConfined()) {
+            MlaConfig cfg = LifecycleTest.tinyConfig(st);
+            int entry = cfg.kvLoraRank() + cfg.qkRopeHeadDim();
+            try (LatentCache cache = LatentCache.create(ctx, cfg, DType.F32, 16, 2)) {
+                int id = cache.addSequence();
+                try (Batch batch = Batch.builder(cache).add(id, 2).build()) {
+                    MemorySegment kv = arena.allocate(ValueLayout.JAVA_FLOAT, 2L * entry);
+                    MemorySegment norm = arena.allocate(ValueLayout.JAVA_FLOAT, cfg.kvLoraRank());
+                    IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                            () -> Attention.compress(ctx, cfg, batch, kv, DType.F32, 1L << 62, norm, DType.F32));
+                    assertTrue(e.getMessage().contains("kvAStride"), e.getMessage());
+                }
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.nio.charset.StandardCharsets;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -170,6 +171,17 @@ class MlaConfigTest {
         assertBad("{\"model_type\": \"llama\"}", "model_type = 'llama'");
         assertBad("{\"hidden_size\": 8", "not valid JSON");
         assertBad("{\"hidden_size\": 8, \"hidden_size\": 9}", "not valid JSON");
+    }
+
+    @Test
+    void zeroBetasMeanTheDefaultsAsInTransformers() {
+        // _compute_yarn_parameters: beta_fast = get("beta_fast") or 32, beta_slow = get("beta_slow") or 1
+        MlaConfig c = MlaConfig.fromJson("{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"beta_fast\": 0, "
+                + "\"beta_slow\": 0}}");
+        assertEquals(32.0, c.ropeBetaFast());
+        assertEquals(1.0, c.ropeBetaSlow());
+        MlaConfig d = MlaConfig.fromJson("{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4}}");
+        assertArrayEquals(d.ropeTables(new int[]{5, 1000})[0], c.ropeTables(new int[]{5, 1000})[0]);
     }
 
     @Test

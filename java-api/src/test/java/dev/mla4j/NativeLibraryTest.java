@@ -1,11 +1,13 @@
 package dev.mla4j;
 
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -38,6 +40,46 @@ class NativeLibraryTest {
         assertEquals(0, r.exit, r.output);
         assertTrue(r.output.contains("loaded bundled"), r.output);
         assertTrue(r.output.contains("cpu"), r.output);
+    }
+
+    @Test
+    void concurrentJvmsExtractIntoOneFreshDirectory(@TempDir Path tmp) throws Exception {
+        // Several JVMs extract the bundled library into the same empty directory at once: each
+        // writes its own temporary file and renames it into place, so all load a complete copy.
+        List<Process> procs = new ArrayList<>();
+        for (int i = 0; i < 4; i++) {
+            List<String> cmd = new ArrayList<>(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
+                    "--enable-native-access=ALL-UNNAMED", "-Djava.io.tmpdir=" + tmp, "-cp",
+                    System.getProperty("java.class.path"), NativeAccessProbe.class.getName()));
+            ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
+            pb.environment().remove(NativeLibrary.PATH_ENV);
+            procs.add(pb.start());
+        }
+        for (Process p : procs) {
+            String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+            assertEquals(0, p.waitFor(), out);
+            assertTrue(out.contains("loaded bundled"), out);
+        }
+        List<Path> files;
+        try (var walk = Files.walk(tmp)) {
+            files = walk.filter(Files::isRegularFile).toList();
+        }
+        assertEquals(1, files.size(), "one extracted library and no leftover temporary files: " + files);
+        assertTrue(files.get(0).getFileName().toString().endsWith(".so"), files.toString());
+    }
+
+    @Test
+    void extractionRefusesADirectoryOthersCanWrite(@TempDir Path tmp) throws Exception {
+        assumeTrue(tmp.getFileSystem().supportedFileAttributeViews().contains("posix"), "needs POSIX permissions");
+        String user = System.getProperty("user.name", "user").replaceAll("[^A-Za-z0-9_.-]", "_");
+        Path shared = Files.createDirectory(tmp.resolve("mla4j-" + user));
+        Files.setPosixFilePermissions(shared, PosixFilePermissions.fromString("rwxrwxrwx"));
+        Result r = probe(List.of("--enable-native-access=ALL-UNNAMED", "-Djava.io.tmpdir=" + tmp));
+        assertEquals(3, r.exit, r.output);
+        assertTrue(r.output.contains("not writable by other users"), r.output);
+        try (var walk = Files.walk(shared)) {
+            assertEquals(1, walk.count(), "nothing extracted into the shared directory");
+        }
     }
 
     @Test
