@@ -215,7 +215,9 @@ public final class LatentCache extends NativeResource {
 
     /** References to a block (sequences holding it); 0 = free. */
     public synchronized int refCount(int block) {
-        Objects.checkIndex(block, numBlocks);
+        if (block < 0 || block >= numBlocks) {
+            throw new IllegalArgumentException("block = " + block + ", not a block id in [0, " + numBlocks + ")");
+        }
         return refCount[block];
     }
 

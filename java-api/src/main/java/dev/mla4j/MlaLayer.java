@@ -51,7 +51,12 @@ public final class MlaLayer extends NativeResource {
                                   int headBegin, int headEnd) {
         Objects.requireNonNull(weights, "weights");
         Objects.requireNonNull(prefix, "prefix");
-        return create(context, config, name -> weights.find(prefix + name), headBegin, headEnd);
+        weights.acquire();  // the files stay mapped while libmla copies from them
+        try {
+            return create(context, config, name -> weights.find(prefix + name), headBegin, headEnd);
+        } finally {
+            weights.release();
+        }
     }
 
     /**

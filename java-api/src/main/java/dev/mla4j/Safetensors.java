@@ -62,6 +62,7 @@ public final class Safetensors implements AutoCloseable {
     private final Map<String, String> metadata;
     private final List<Path> files;
     private final AtomicBoolean closed = new AtomicBoolean();
+    private int users;  // native calls between acquire and release, guarded by this
 
     private Safetensors(Arena arena, Map<String, Tensor> tensors, Map<String, String> metadata, List<Path> files) {
         this.arena = arena;
@@ -375,11 +376,43 @@ public final class Safetensors implements AutoCloseable {
         return files;
     }
 
-    /** Unmaps the files; idempotent. */
+    /**
+     * Marks a native call that reads the mapped memory through raw addresses held in a struct (which
+     * keeps no arena alive), such as libmla copying the weights in {@link MlaLayer#create}: close is
+     * refused until {@link #release()}.
+     *
+     * @throws IllegalStateException already closed
+     */
+    void acquire() {
+        synchronized (this) {
+            ensureOpen();
+            users++;
+        }
+    }
+
+    /** Ends an {@link #acquire()}. */
+    void release() {
+        synchronized (this) {
+            users--;
+        }
+    }
+
+    /**
+     * Unmaps the files; idempotent.
+     *
+     * @throws IllegalStateException a layer is being created from these weights on another thread
+     */
     @Override
     public void close() {
-        if (closed.compareAndSet(false, true)) {
-            arena.close();
+        synchronized (this) {
+            if (users > 0) {
+                throw new IllegalStateException("Safetensors " + files + " is in use by " + users
+                        + " call(s) copying its weights; close it after they return");
+            }
+            if (!closed.compareAndSet(false, true)) {
+                return;
+            }
         }
+        arena.close();
     }
 }

@@ -91,6 +91,9 @@ class LatentCacheTest {
                 assertNotEquals(parentBlocks[1], childBlocks[1], "partial block copied");
                 assertEquals(2, cache.refCount(parentBlocks[0]));
                 assertEquals(1, cache.refCount(childBlocks[1]));
+                IllegalArgumentException bad = assertThrows(IllegalArgumentException.class,
+                        () -> cache.refCount(cache.numBlocks()));
+                assertTrue(bad.getMessage().startsWith("block = "), bad.getMessage());
                 assertEquals(free - 1, cache.freeBlocks());
                 float[][] p0 = cache.read(parent, 0, 6);
                 float[][] c0 = cache.read(child, 0, 6);

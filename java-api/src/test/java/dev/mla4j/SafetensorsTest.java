@@ -200,4 +200,17 @@ class SafetensorsTest {
         assertEquals(1.0f, DType.bf16ToFloat(DType.floatToBf16(1.0f + 0x1p-8f)));
         assertEquals(1.0f + 0x1p-6f, DType.bf16ToFloat(DType.floatToBf16(1.0f + 0x1p-6f + 0x1p-8f)));
     }
+
+    @Test
+    void closeIsRefusedWhileANativeCallReadsTheMapping() throws IOException {
+        Safetensors st = Safetensors.open(valid());
+        st.acquire();
+        IllegalStateException inUse = assertThrows(IllegalStateException.class, st::close);
+        assertMessage(inUse, "in use");
+        assertArrayEquals(new float[]{1, 2, 3, 4, 5, 6}, st.tensor("a").toFloatArray(), "still mapped");
+        st.release();
+        st.close();
+        assertThrows(IllegalStateException.class, st::acquire);
+        assertThrows(IllegalStateException.class, () -> st.tensor("a"));
+    }
 }
