@@ -36,13 +36,16 @@ functions=(
   mla_attention_params_init mla_attention_workspace_size mla_attention_plan mla_attention_run
   mla_layer_weights_init mla_layer_options_init mla_layer_create mla_layer_destroy
   mla_layer_get_config mla_batch_init mla_layer_forward
+  mla_buffer_create mla_buffer_wrap mla_buffer_destroy mla_buffer_data mla_buffer_upload
+  mla_buffer_download mla_stream_create mla_stream_destroy mla_stream_synchronize
+  mla_context_memory_info
 )
 structs=(
   mla_config mla_context_options mla_cache_view mla_cache_options mla_compress_params
   mla_attention_params mla_weight mla_layer_weights mla_layer_options mla_batch
 )
 # Opaque handles (declared, never defined): they cross the ABI as plain pointers.
-opaque=(mla_context mla_cache mla_layer)
+opaque=(mla_context mla_cache mla_layer mla_buffer)
 typedefs=(mla_status)
 constants=(
   MLA_VERSION_MAJOR MLA_VERSION_MINOR MLA_VERSION_PATCH MLA_VERSION_NUMBER MLA_ABI_VERSION

@@ -468,6 +468,76 @@ MLA_API mla_status mla_layer_forward(mla_layer* layer, mla_cache* cache, const m
                                      const void* hidden, int32_t hidden_dtype, void* out,
                                      int32_t out_dtype, void* stream);
 
+/* ---------------------------------------------------------------------------------------------
+ * Backend memory and streams
+ *
+ * For engines (and bindings) that keep activations in the context's memory: a mla_buffer is a
+ * byte range of backend memory (device memory of the context's GPU for a CUDA context, host memory
+ * for a CPU context) that is either owned by the buffer or wrapped from a pointer the caller owns.
+ * Its pointer (mla_buffer_data) is what the "backend" arguments above take. Streams are opaque
+ * handles: a cudaStream_t created on the context's device for CUDA, a token without effect for
+ * the CPU backend (every CPU call is synchronous), so the same code runs on both.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct mla_buffer mla_buffer;
+
+/* Allocates bytes (>= 1) of zero-filled backend memory in the context; on success *out owns it.
+ * The buffer keeps no reference to the context past its memory: destroy buffers before their
+ * context. Returns MLA_OK, MLA_ERROR_INVALID_ARGUMENT (context/out NULL, bytes 0),
+ * MLA_ERROR_OUT_OF_MEMORY, MLA_ERROR_DEVICE. */
+MLA_API mla_status mla_buffer_create(mla_context* context, size_t bytes, mla_buffer** out);
+
+/* Wraps bytes (>= 1) of backend memory at data, which the caller owns and keeps valid until the
+ * buffer is destroyed; mla_buffer_destroy frees the handle only, never data. A CUDA context checks
+ * with the runtime that data is device (or managed) memory of its own device and fails with
+ * MLA_ERROR_INVALID_ARGUMENT naming data for host memory or another device's; a CPU context takes
+ * any non-NULL pointer as host memory (it cannot check the range). On success *out owns the handle.
+ * Returns MLA_OK, MLA_ERROR_INVALID_ARGUMENT, MLA_ERROR_DEVICE. */
+MLA_API mla_status mla_buffer_wrap(mla_context* context, void* data, size_t bytes, mla_buffer** out);
+
+/* Destroys a buffer: frees its memory when it owns it; NULL is a no-op. Work still queued on a
+ * stream that uses the memory must be complete (synchronize first). */
+MLA_API void mla_buffer_destroy(mla_buffer* buffer);
+
+/* Writes the buffer's backend pointer and size in bytes; either out-parameter may be NULL. The
+ * pointer is device memory on CUDA: never dereference it on the host there. */
+MLA_API mla_status mla_buffer_data(const mla_buffer* buffer, void** data, size_t* bytes);
+
+/* Copies bytes from host memory into the buffer at byte offset. stream: from mla_stream_create
+ * of the buffer's context, or NULL (the default stream). The copy is complete when the call
+ * returns (host may be reused at once); it is ordered after work queued earlier on stream.
+ * Fails with MLA_ERROR_INVALID_ARGUMENT before copying anything when offset + bytes exceeds the
+ * buffer or host is NULL with bytes > 0; bytes 0 is a no-op. */
+MLA_API mla_status mla_buffer_upload(mla_buffer* buffer, size_t offset, const void* host,
+                                     size_t bytes, void* stream);
+
+/* Copies bytes of the buffer from byte offset into host memory, after the work queued on stream
+ * (NULL = default stream) before it: synchronizes with stream. Same checks as mla_buffer_upload;
+ * host is written only on success. */
+MLA_API mla_status mla_buffer_download(const mla_buffer* buffer, size_t offset, void* host,
+                                       size_t bytes, void* stream);
+
+/* Creates a stream on the context's device (CUDA: a non-blocking cudaStream_t; CPU: a token that
+ * the CPU backend ignores) and writes it to *out; release it with mla_stream_destroy on the same
+ * context. Returns MLA_OK, MLA_ERROR_INVALID_ARGUMENT, MLA_ERROR_DEVICE, MLA_ERROR_OUT_OF_MEMORY. */
+MLA_API mla_status mla_stream_create(mla_context* context, void** out);
+
+/* Destroys a stream made by mla_stream_create on this context (after the work queued on it
+ * completes, on CUDA); NULL is a no-op, as is a NULL context. */
+MLA_API void mla_stream_destroy(mla_context* context, void* stream);
+
+/* Waits until all work queued on stream (NULL = the default stream) is complete; a no-op on the
+ * CPU. Returns MLA_OK, MLA_ERROR_INVALID_ARGUMENT (context NULL), MLA_ERROR_DEVICE (an earlier
+ * asynchronous failure, reported here). */
+MLA_API mla_status mla_stream_synchronize(mla_context* context, void* stream);
+
+/* Memory figures for leak checks. used_by_library: bytes of caches and owned buffers currently
+ * allocated in this context (layers' prepared weights are not counted). device_free and
+ * device_total: cudaMemGetInfo of the context's GPU for CUDA (all processes), available and total
+ * physical memory of the host for the CPU. Any out-parameter may be NULL. Thread-safe. */
+MLA_API mla_status mla_context_memory_info(const mla_context* context, size_t* used_by_library,
+                                           size_t* device_free, size_t* device_total);
+
 #ifdef __cplusplus
 }
 #endif

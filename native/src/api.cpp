@@ -2,6 +2,7 @@
 // Every exported body runs inside guard()/guard_void(), which catch everything; nothing the
 // caller passed is written before all checks have passed.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -12,6 +13,7 @@
 
 struct mla_context {
     std::unique_ptr<mla::Backend> backend;
+    std::atomic<size_t> used{0};  // bytes of caches and owned buffers (mla_context_memory_info)
 };
 
 struct mla_cache {
@@ -19,7 +21,23 @@ struct mla_cache {
     mla::CacheDesc desc;
     size_t bytes = 0;
     ~mla_cache() {
-        if (desc.data) ctx->backend->dealloc(desc.data);
+        if (desc.data) {
+            ctx->backend->dealloc(desc.data);
+            ctx->used -= bytes;
+        }
+    }
+};
+
+struct mla_buffer {
+    mla_context* ctx = nullptr;
+    void* data = nullptr;
+    size_t bytes = 0;
+    bool owned = false;  // allocated by mla_buffer_create (else wrapped caller memory)
+    ~mla_buffer() {
+        if (owned && data) {
+            ctx->backend->dealloc(data);
+            ctx->used -= bytes;
+        }
     }
 };
 
@@ -357,7 +375,7 @@ MLA_API mla_status mla_context_create(const mla_context_options* options, mla_co
         if (o.device < 0) invalid(fn, "options.device = ", o.device, ", must be >= 0");
         auto ctx = std::make_unique<mla_context>();
         ctx->backend = o.backend == MLA_BACKEND_CPU ? mla::make_cpu_backend(o.num_threads, o.simd)
-                                                    : mla::make_cuda_backend(o.device);
+                                                    : mla::make_cuda_runtime_backend(o.device);
         *out = ctx.release();
     });
 }
@@ -433,6 +451,7 @@ MLA_API mla_status mla_cache_create(mla_context* context, const mla_cache_option
         c->desc.dr = o.rope_dim;
         c->bytes = bytes;
         c->desc.data = context->backend->alloc(bytes);
+        context->used += bytes;
         *out = c.release();
     });
 }
@@ -812,6 +831,133 @@ MLA_API mla_status mla_layer_forward(mla_layer* layer, mla_cache* cache, const m
         d.positions = positions;
         d.block_table = b.block_table;
         layer->impl->forward(d, c, hidden, hd, out, od, stream);
+    });
+}
+
+// ---- backend memory and streams ------------------------------------------------------------------
+
+namespace {
+
+// Checks [offset, offset + bytes) against a buffer and host against NULL; fn names the call.
+void check_range(const char* fn, const mla_buffer* buffer, size_t offset, const void* host,
+                 size_t bytes) {
+    require(fn, buffer, "buffer");
+    if (offset > buffer->bytes || bytes > buffer->bytes - offset)
+        invalid(fn, "offset = ", offset, ", bytes = ", bytes, ": the range exceeds the buffer's ",
+                buffer->bytes, " bytes");
+    if (bytes > 0) require(fn, host, "host");
+}
+
+}  // namespace
+
+MLA_API mla_status mla_buffer_create(mla_context* context, size_t bytes, mla_buffer** out) {
+    static const char* fn = "mla_buffer_create";
+    return guard(fn, [&] {
+        require(fn, context, "context");
+        require(fn, out, "out");
+        if (bytes == 0) invalid(fn, "bytes = 0, must be >= 1");
+        if (bytes > std::numeric_limits<size_t>::max() / 2) invalid(fn, "bytes = ", bytes, " is too large");
+        auto b = std::make_unique<mla_buffer>();
+        b->ctx = context;
+        b->bytes = bytes;
+        b->data = context->backend->alloc(bytes);
+        b->owned = true;
+        context->used += bytes;
+        *out = b.release();
+    });
+}
+
+MLA_API mla_status mla_buffer_wrap(mla_context* context, void* data, size_t bytes, mla_buffer** out) {
+    static const char* fn = "mla_buffer_wrap";
+    return guard(fn, [&] {
+        require(fn, context, "context");
+        require(fn, data, "data");
+        require(fn, out, "out");
+        if (bytes == 0) invalid(fn, "bytes = 0, must be >= 1");
+        if (uintptr_t(data) + bytes < uintptr_t(data))
+            invalid(fn, "data + bytes = ", bytes, " wraps around the address space");
+        context->backend->check_backend_pointer(fn, "data", data);
+        auto b = std::make_unique<mla_buffer>();
+        b->ctx = context;
+        b->bytes = bytes;
+        b->data = data;
+        b->owned = false;
+        *out = b.release();
+    });
+}
+
+MLA_API void mla_buffer_destroy(mla_buffer* buffer) {
+    guard_void([&] { delete buffer; });
+}
+
+MLA_API mla_status mla_buffer_data(const mla_buffer* buffer, void** data, size_t* bytes) {
+    static const char* fn = "mla_buffer_data";
+    return guard(fn, [&] {
+        require(fn, buffer, "buffer");
+        if (data) *data = buffer->data;
+        if (bytes) *bytes = buffer->bytes;
+    });
+}
+
+MLA_API mla_status mla_buffer_upload(mla_buffer* buffer, size_t offset, const void* host,
+                                     size_t bytes, void* stream) {
+    static const char* fn = "mla_buffer_upload";
+    return guard(fn, [&] {
+        check_range(fn, buffer, offset, host, bytes);
+        if (bytes == 0) return;
+        buffer->ctx->backend->copy_from_host(static_cast<char*>(buffer->data) + offset, host, bytes,
+                                             stream);
+    });
+}
+
+MLA_API mla_status mla_buffer_download(const mla_buffer* buffer, size_t offset, void* host,
+                                       size_t bytes, void* stream) {
+    static const char* fn = "mla_buffer_download";
+    return guard(fn, [&] {
+        check_range(fn, buffer, offset, host, bytes);
+        if (bytes == 0) return;
+        // Through a staging copy, so host is written only when the whole copy succeeded.
+        std::vector<unsigned char> staged(bytes);
+        buffer->ctx->backend->copy_to_host(staged.data(),
+                                           static_cast<const char*>(buffer->data) + offset, bytes,
+                                           stream);
+        std::memcpy(host, staged.data(), bytes);
+    });
+}
+
+MLA_API mla_status mla_stream_create(mla_context* context, void** out) {
+    static const char* fn = "mla_stream_create";
+    return guard(fn, [&] {
+        require(fn, context, "context");
+        require(fn, out, "out");
+        *out = context->backend->stream_create(fn);
+    });
+}
+
+MLA_API void mla_stream_destroy(mla_context* context, void* stream) {
+    guard_void([&] {
+        if (context && stream) context->backend->stream_destroy(stream);
+    });
+}
+
+MLA_API mla_status mla_stream_synchronize(mla_context* context, void* stream) {
+    static const char* fn = "mla_stream_synchronize";
+    return guard(fn, [&] {
+        require(fn, context, "context");
+        context->backend->stream_synchronize(fn, stream);
+    });
+}
+
+MLA_API mla_status mla_context_memory_info(const mla_context* context, size_t* used_by_library,
+                                           size_t* device_free, size_t* device_total) {
+    static const char* fn = "mla_context_memory_info";
+    return guard(fn, [&] {
+        require(fn, context, "context");
+        size_t free_bytes = 0, total_bytes = 0;
+        if (device_free || device_total) context->backend->memory_info(fn, &free_bytes, &total_bytes);
+        if (used_by_library) *used_by_library = context->used.load();
+        if (device_free) *device_free = free_bytes;
+        if (device_total) *device_total = total_bytes;
     });
 }
 

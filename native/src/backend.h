@@ -163,10 +163,32 @@ public:
 
     virtual std::unique_ptr<LayerImpl> create_layer(const LayerSpec& spec,
                                                     const PreparedWeights& w) = 0;
+
+    // Streams and memory figures (mla_stream_*, mla_buffer_wrap, mla_context_memory_info). The
+    // defaults fail with MLA_ERROR_UNSUPPORTED so a backend without them still builds; fn names
+    // the ABI function for the message. stream_destroy accepts nullptr and never throws.
+    virtual void* stream_create(const char* fn) { unsupported(fn); }
+    virtual void stream_destroy(void* /*stream*/) noexcept {}
+    virtual void stream_synchronize(const char* fn, void* /*stream*/) { unsupported(fn); }
+    // Available and total bytes of the memory this backend allocates from.
+    virtual void memory_info(const char* fn, size_t* /*free*/, size_t* /*total*/) { unsupported(fn); }
+    // Throws INVALID_ARGUMENT naming arg when p cannot be backend memory of this context.
+    virtual void check_backend_pointer(const char* fn, const char* /*arg*/, const void* /*p*/) {
+        unsupported(fn);
+    }
+
+private:
+    [[noreturn]] void unsupported(const char* fn) const {
+        throw Error(MLA_ERROR_UNSUPPORTED, std::string(fn) + ": not supported by the " + describe() +
+                                               " backend of this build");
+    }
 };
 
 // Factories. make_cuda_backend throws Error(MLA_ERROR_UNSUPPORTED) in builds without CUDA.
 std::unique_ptr<Backend> make_cpu_backend(int32_t num_threads, int32_t simd);
 std::unique_ptr<Backend> make_cuda_backend(int32_t device);
+// The CUDA backend with streams, pointer checks and memory figures (cuda/runtime.cu); what
+// mla_context_create uses. Throws like make_cuda_backend.
+std::unique_ptr<Backend> make_cuda_runtime_backend(int32_t device);
 
 }  // namespace mla

@@ -7,6 +7,7 @@
 #include <new>
 #include <system_error>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include "core.h"
@@ -102,6 +103,35 @@ void CpuBackend::compress_rows(const CompressParams& p, const float* weight, flo
                 std::memcpy(static_cast<float*>(p.cache.data) + at, entry, size_t(E) * 4);
         }
     });
+}
+
+void* CpuBackend::stream_create(const char* /*fn*/) {
+    std::unique_ptr<char> token(new char(0));
+    std::lock_guard<std::mutex> lock(streams_mutex_);
+    streams_.insert(token.get());
+    return token.release();
+}
+
+void CpuBackend::stream_destroy(void* stream) noexcept {
+    if (!stream) return;
+    std::lock_guard<std::mutex> lock(streams_mutex_);
+    if (streams_.erase(stream)) delete static_cast<char*>(stream);
+}
+
+void CpuBackend::stream_synchronize(const char* /*fn*/, void* /*stream*/) {}
+
+void CpuBackend::memory_info(const char* fn, size_t* free, size_t* total) {
+    const long page = sysconf(_SC_PAGESIZE);
+    const long avail = sysconf(_SC_AVPHYS_PAGES);
+    const long phys = sysconf(_SC_PHYS_PAGES);
+    if (page <= 0 || avail < 0 || phys <= 0)
+        throw Error(MLA_ERROR_INTERNAL, std::string(fn) + ": sysconf cannot report the host's memory");
+    *free = size_t(avail) * size_t(page);
+    *total = size_t(phys) * size_t(page);
+}
+
+void CpuBackend::check_backend_pointer(const char* fn, const char* arg, const void* p) {
+    if (!p) throw Error(MLA_ERROR_INVALID_ARGUMENT, std::string(fn) + ": " + arg + " is NULL");
 }
 
 }  // namespace mla::cpu

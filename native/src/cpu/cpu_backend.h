@@ -2,6 +2,8 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
+#include <unordered_set>
 
 #include "backend.h"
 #include "cpu/kernels.h"
@@ -12,6 +14,9 @@ namespace mla::cpu {
 class CpuBackend final : public Backend {
 public:
     CpuBackend(int32_t num_threads, const Kernels& k);
+    ~CpuBackend() override {
+        for (void* t : streams_) delete static_cast<char*>(t);  // streams the caller did not destroy
+    }
 
     mla_backend kind() const override { return MLA_BACKEND_CPU; }
     std::string describe() const override;
@@ -43,6 +48,16 @@ public:
 
     std::unique_ptr<LayerImpl> create_layer(const LayerSpec& spec, const PreparedWeights& w) override;
 
+    // Every CPU call is synchronous, so a stream is a token: a distinct non-NULL pointer that
+    // this backend records (so destroy frees only its own tokens) and otherwise ignores.
+    void* stream_create(const char* fn) override;
+    void stream_destroy(void* stream) noexcept override;
+    void stream_synchronize(const char* fn, void* stream) override;
+    // Available and total physical memory of the host.
+    void memory_info(const char* fn, size_t* free, size_t* total) override;
+    // Any non-NULL pointer may be host memory; the range cannot be checked.
+    void check_backend_pointer(const char* fn, const char* arg, const void* p) override;
+
     const Kernels& kernels() const { return k_; }
     ThreadPool& pool() { return pool_; }
     int threads() const { return pool_.size(); }
@@ -56,6 +71,8 @@ public:
 private:
     const Kernels& k_;
     ThreadPool pool_;
+    std::mutex streams_mutex_;
+    std::unordered_set<void*> streams_;  // owned tokens (new char), freed by stream_destroy
 };
 
 }  // namespace mla::cpu

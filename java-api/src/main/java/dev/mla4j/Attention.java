@@ -116,6 +116,11 @@ public final class Attention extends NativeResource {
         Objects.requireNonNull(context, "context");
         Objects.requireNonNull(config, "config");
         Objects.requireNonNull(batch, "batch");
+        if (context.backend() != MlaContext.Backend.CPU) {
+            throw new MlaException(MlaException.Status.UNSUPPORTED,
+                    "Attention.compress: kvA and the batch's positions and slots are host memory; a CUDA context "
+                            + "needs them in device memory (not available from Java yet; use MlaLayer.forward)");
+        }
         batch.ensureOpen();
         requireType(kvADtype, "kvADtype");
         requireType(normDtype, "normDtype");

@@ -10,7 +10,7 @@ import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 
 /**
- * A libmla backend (CPU now; CUDA when built in) and its worker threads. Thread-safe: layers,
+ * A libmla backend (the CPU with its worker threads, or one CUDA device) and its resources. Thread-safe: layers,
  * caches and calls may use one context from several threads.
  *
  * <p>Closing a context while layers, caches or attention workspaces made in it are open throws
@@ -45,10 +45,12 @@ public final class MlaContext extends NativeResource {
     private int pendingChildren;  // creations between beginChild and endChild, guarded by childLock
     private boolean closing;      // beforeClose passed, guarded by childLock
     private final Backend backend;
+    private final int device;
 
-    private MlaContext(Arena arena, MemorySegment raw, Backend backend) {
+    private MlaContext(Arena arena, MemorySegment raw, Backend backend, int device) {
         super("MlaContext", arena, raw, Mla::mla_context_destroy);
         this.backend = backend;
+        this.device = backend == Backend.CUDA ? device : -1;
     }
 
     /** A CPU context with one worker per online core and the best SIMD level. */
@@ -59,6 +61,30 @@ public final class MlaContext extends NativeResource {
     /** A CPU context with the given number of worker threads (0 = one per online core). */
     public static MlaContext cpu(int numThreads) {
         return create(Backend.CPU, 0, numThreads, Simd.AUTO);
+    }
+
+    /**
+     * A context on CUDA device {@code device}. Its layers keep their weights in device memory;
+     * activations cross as {@link DeviceBuffer}s.
+     *
+     * @throws IllegalArgumentException device &lt; 0
+     * @throws MlaException             DEVICE (no driver, no such GPU; the message says which),
+     *                                  UNSUPPORTED (libmla built without CUDA)
+     */
+    public static MlaContext cuda(int device) {
+        if (device < 0) {
+            throw new IllegalArgumentException("device = " + device + " must be >= 0");
+        }
+        return create(Backend.CUDA, device, 0, Simd.AUTO);
+    }
+
+    /**
+     * A context on the backend {@link NativeLibrary#defaultBackend()} chose (CUDA device 0 when a
+     * CUDA driver and device are present, else the CPU; the choice and its reason are logged).
+     */
+    public static MlaContext auto() {
+        NativeLibrary.BackendChoice choice = NativeLibrary.defaultBackend();
+        return choice.backend() == Backend.CUDA ? cuda(0) : cpu();
     }
 
     /**
@@ -83,7 +109,7 @@ public final class MlaContext extends NativeResource {
             mla_context_options.simd(opts, simd.code);
             MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
             Native.check(Mla.mla_context_create(opts, out), "mla_context_create");
-            return new MlaContext(arena, out.get(ValueLayout.ADDRESS, 0), backend);
+            return new MlaContext(arena, out.get(ValueLayout.ADDRESS, 0), backend, device);
         } catch (RuntimeException e) {
             arena.close();
             throw e;
@@ -94,6 +120,34 @@ public final class MlaContext extends NativeResource {
     public Backend backend() {
         ensureOpen();
         return backend;
+    }
+
+    /** The CUDA device ordinal of a CUDA context, -1 for a CPU context. */
+    public int device() {
+        ensureOpen();
+        return device;
+    }
+
+    /**
+     * Memory figures for leak checks (mla_context_memory_info).
+     *
+     * @param usedByLibrary bytes of caches and owned device buffers open in this context (layers'
+     *                      weights not counted)
+     * @param free          free bytes of the device (CUDA: all processes) or available host memory (CPU)
+     * @param total         total bytes of the device or of host memory
+     */
+    public record MemoryInfo(long usedByLibrary, long free, long total) {
+    }
+
+    /** The context's current {@link MemoryInfo}. */
+    public MemoryInfo memoryInfo() {
+        try (Arena tmp = Arena.ofConfined()) {
+            MemorySegment v = tmp.allocate(ValueLayout.JAVA_LONG, 3);
+            Native.check(Mla.mla_context_memory_info(handle(), v, v.asSlice(8), v.asSlice(16)),
+                    "mla_context_memory_info");
+            return new MemoryInfo(v.getAtIndex(ValueLayout.JAVA_LONG, 0), v.getAtIndex(ValueLayout.JAVA_LONG, 1),
+                    v.getAtIndex(ValueLayout.JAVA_LONG, 2));
+        }
     }
 
     /** A one-line description, e.g. "cpu avx512 threads=2". */
@@ -136,7 +190,7 @@ public final class MlaContext extends NativeResource {
         children.remove(child);
     }
 
-    /** Number of open layers, caches and attention workspaces made in this context. */
+    /** Number of open layers, caches, attention workspaces, device buffers and streams made in this context. */
     public int openChildren() {
         return children.size();
     }
@@ -146,7 +200,7 @@ public final class MlaContext extends NativeResource {
         synchronized (childLock) {
             if (!children.isEmpty() || pendingChildren > 0) {
                 throw new IllegalStateException("MlaContext still has " + (children.size() + pendingChildren)
-                        + " open layers/caches/workspaces; close them before the context");
+                        + " open layers/caches/workspaces/buffers/streams; close them before the context");
             }
             closing = true;
         }

@@ -211,6 +211,11 @@ public final class MlaLayer extends NativeResource {
         requireActivation(outType, "outType");
         long rowElems = config.hiddenSize();
         long t = batch.numTokens();
+        if (context.backend() != MlaContext.Backend.CPU) {
+            throw new IllegalArgumentException("hidden and out are host MemorySegments, but the layer's context is "
+                    + context.backend() + " device " + context.device() + ": pass DeviceBuffers "
+                    + "(forward(Batch, DeviceBuffer, DType, DeviceBuffer, DType, MlaStream))");
+        }
         Native.requireNative(hidden, "hidden", t * rowElems * hiddenType.byteSize());
         Native.requireWritable(out, "out", t * rowElems * outType.byteSize());
         if (cache.context() != context) {
@@ -227,7 +232,48 @@ public final class MlaLayer extends NativeResource {
         }
     }
 
-    /** As {@link #forward(Batch, MemorySegment, DType, MemorySegment, DType)} with f32 Java arrays. */
+    /**
+     * Runs the layer on a batch with activations in the context's memory: hidden [T, hidden_size]
+     * (F32 or BF16) to out [T, hidden_size] (F32 or BF16), appending the new tokens to the batch's
+     * cache and advancing its sequences. On CUDA the work is queued on stream (null = default
+     * stream) and this returns before it completes: {@link MlaStream#synchronize()} or a
+     * {@link DeviceBuffer#download} on the same stream waits for it. Host-side checks (shapes,
+     * block tables, cache capacity) run before anything is queued; on failure nothing is written.
+     *
+     * @throws IllegalArgumentException a buffer too small or of another context, an unsupported
+     *                                  dtype, a stream of another context, a batch of another cache
+     * @throws IllegalStateException    the layer, cache, batch, a buffer or the stream is closed
+     * @throws MlaException             CACHE_FULL, INVALID_ARGUMENT, DEVICE ... from libmla
+     */
+    public void forward(Batch batch, DeviceBuffer hidden, DType hiddenType, DeviceBuffer out, DType outType,
+                        MlaStream stream) {
+        Objects.requireNonNull(batch, "batch");
+        LatentCache cache = batch.cache();
+        requireActivation(hiddenType, "hiddenType");
+        requireActivation(outType, "outType");
+        long t = batch.numTokens();
+        long rowElems = config.hiddenSize();
+        MemorySegment h = DeviceBuffer.of(hidden, context, "hidden", t * rowElems * hiddenType.byteSize());
+        MemorySegment o = DeviceBuffer.of(out, context, "out", t * rowElems * outType.byteSize());
+        MemorySegment s = MlaStream.of(stream, context, "stream");
+        if (cache.context() != context) {
+            throw new IllegalArgumentException("the batch's cache belongs to another context than this layer");
+        }
+        cache.beginWrite(batch);
+        boolean written = false;
+        try {
+            Native.check(Mla.mla_layer_forward(handle(), cache.handle(), batch.nativeBatch(), h,
+                    hiddenType.mlaCode(), o, outType.mlaCode(), s), "mla_layer_forward");
+            written = true;
+        } finally {
+            cache.endWrite(batch, written);
+        }
+    }
+
+    /**
+     * As {@link #forward(Batch, MemorySegment, DType, MemorySegment, DType)} with f32 Java arrays.
+     * On a CUDA context the values go through temporary device buffers (upload, forward, download).
+     */
     public float[] forward(Batch batch, float[] hidden) {
         Objects.requireNonNull(batch, "batch");
         Objects.requireNonNull(hidden, "hidden");
@@ -235,6 +281,17 @@ public final class MlaLayer extends NativeResource {
         if (hidden.length != need) {
             throw new IllegalArgumentException("hidden has " + hidden.length + " floats, the batch needs numTokens "
                     + batch.numTokens() + " x hidden_size " + config.hiddenSize() + " = " + need);
+        }
+        if (context.backend() != MlaContext.Backend.CPU) {
+            long bytes = Math.max(4, need * 4);
+            try (DeviceBuffer in = DeviceBuffer.allocate(context, bytes);
+                 DeviceBuffer o = DeviceBuffer.allocate(context, bytes)) {
+                if (need > 0) {
+                    in.upload(hidden);
+                }
+                forward(batch, in, DType.F32, o, DType.F32, null);
+                return o.downloadFloats((int) need);  // the default stream: waits for the forward
+            }
         }
         try (Arena tmp = Arena.ofConfined()) {
             MemorySegment in = tmp.allocateFrom(ValueLayout.JAVA_FLOAT, hidden.length == 0 ? new float[1] : hidden);

@@ -50,7 +50,23 @@ public final class NativeLibrary {
             + "API, which needs native access: start java with --enable-native-access=ALL-UNNAMED "
             + "(class path) or --enable-native-access=dev.mla4j.bindings,dev.mla4j (module path)";
 
+    /** System property forcing the backend of {@link MlaContext#auto()}: "cpu", "cuda" or "auto" (default). */
+    public static final String BACKEND_PROPERTY = "mla4j.backend";
+
+    private static final System.Logger LOG = System.getLogger("dev.mla4j");
+
     private static volatile Loaded loaded;
+    private static volatile BackendChoice choice;
+
+    /**
+     * The backend a default context ({@link MlaContext#auto()}) uses, and why.
+     *
+     * @param backend CUDA or CPU
+     * @param reason  e.g. "CUDA device 0 available: cuda:0 NVIDIA H100 sm_90", or why CUDA is not
+     *                used (libmla's message: no driver, no device, built without CUDA)
+     */
+    public record BackendChoice(MlaContext.Backend backend, String reason) {
+    }
 
     private record Loaded(Path path, String source, int version, int abiVersion) {
     }
@@ -71,6 +87,73 @@ public final class NativeLibrary {
                     loaded = doLoad();
                 }
             }
+        }
+    }
+
+    /**
+     * Chooses the backend of a default context once per class loader and logs the choice and its
+     * reason (System.Logger "dev.mla4j", INFO). One libmla serves both backends: its CUDA runtime
+     * is linked statically, so it loads without a driver, and the probe is a CUDA context on
+     * device 0 created and destroyed through the C ABI; its failure message is the reason for the
+     * CPU. The system property {@value #BACKEND_PROPERTY} = cpu or cuda skips the probe.
+     */
+    public static BackendChoice defaultBackend() {
+        if (choice == null) {
+            synchronized (NativeLibrary.class) {
+                if (choice == null) {
+                    BackendChoice c = probe();
+                    LOG.log(System.Logger.Level.INFO, "mla4j: default backend " + c.backend() + " (" + c.reason()
+                            + "); libmla " + path());
+                    choice = c;
+                }
+            }
+        }
+        return choice;
+    }
+
+    private static BackendChoice probe() {
+        load();
+        String forced = System.getProperty(BACKEND_PROPERTY, "auto").trim().toLowerCase(Locale.ROOT);
+        switch (forced) {
+            case "cpu" -> {
+                return new BackendChoice(MlaContext.Backend.CPU, "system property " + BACKEND_PROPERTY + "=cpu");
+            }
+            case "cuda" -> {
+                return new BackendChoice(MlaContext.Backend.CUDA, "system property " + BACKEND_PROPERTY + "=cuda");
+            }
+            case "auto", "" -> {
+            }
+            default -> throw new IllegalArgumentException(BACKEND_PROPERTY + " = \"" + forced
+                    + "\", expected cpu, cuda or auto");
+        }
+        String reason = cudaUnavailableReason();
+        if (reason == null) {
+            try (MlaContext ctx = MlaContext.cuda(0)) {
+                return new BackendChoice(MlaContext.Backend.CUDA, "CUDA device 0 available: " + ctx.describe());
+            }
+        }
+        return new BackendChoice(MlaContext.Backend.CPU, "no CUDA device: " + reason);
+    }
+
+    /**
+     * Null when a CUDA context on device 0 can be created, else libmla's message saying why not
+     * (no driver, no device, built without CUDA). Creates and destroys a context: not free on a GPU
+     * machine (the CUDA runtime initializes), instant without a driver.
+     */
+    public static String cudaUnavailableReason() {
+        load();
+        try (java.lang.foreign.Arena tmp = java.lang.foreign.Arena.ofConfined()) {
+            java.lang.foreign.MemorySegment opts = dev.mla4j.bindings.mla_context_options.allocate(tmp);
+            Native.check(Mla.mla_context_options_init(opts), "mla_context_options_init");
+            dev.mla4j.bindings.mla_context_options.backend(opts, MlaContext.Backend.CUDA.code);
+            dev.mla4j.bindings.mla_context_options.device(opts, 0);
+            java.lang.foreign.MemorySegment out = tmp.allocate(java.lang.foreign.ValueLayout.ADDRESS);
+            int st = Mla.mla_context_create(opts, out);
+            if (st != 0) {
+                return Native.string(Mla.mla_status_string(st)) + ": " + Native.lastError();
+            }
+            Mla.mla_context_destroy(out.get(java.lang.foreign.ValueLayout.ADDRESS, 0));
+            return null;
         }
     }
 

@@ -10,7 +10,7 @@ import java.util.function.Consumer;
  * {@link #handle()} to a downcall keeps the arena alive for the call, so a concurrent close fails
  * instead of freeing memory in use.
  */
-abstract sealed class NativeResource implements AutoCloseable permits MlaContext, MlaLayer, LatentCache, Attention {
+abstract sealed class NativeResource implements AutoCloseable permits MlaContext, MlaLayer, LatentCache, Attention, DeviceBuffer, MlaStream {
     private final String kind;
     private final Arena arena;
     private final MemorySegment handle;

@@ -38,10 +38,15 @@ class ConcurrencyTest {
         return out;
     }
 
+    /** The context the test runs in; {@link CudaConcurrencyTest} uses a CUDA one. */
+    MlaContext openContext() {
+        return MlaContext.cpu();
+    }
+
     @Test
     void parallelDecodeEqualsSerial() throws Exception {
         try (Safetensors st = Safetensors.open(TestSupport.testdata().resolve("golden/v3_yarn_h8.safetensors"));
-             MlaContext ctx = MlaContext.cpu()) {
+             MlaContext ctx = openContext()) {
             MlaConfig cfg = MlaConfig.fromJson(st.metadata().get("config"));
             int d = cfg.hiddenSize();
             Random rnd = new Random(42);

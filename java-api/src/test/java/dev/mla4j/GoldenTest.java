@@ -26,7 +26,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * scale against the file, and a ragged batch of all sequences at once.
  */
 class GoldenTest {
-    private static MlaContext context;
+    /** The context every case runs in; {@link CudaGoldenTest} replaces it with a CUDA one. */
+    static MlaContext context;
 
     enum Mode { PREFILL_THEN_DECODE, ONE_PREFILL, TOKEN_BY_TOKEN }
 
@@ -40,7 +41,10 @@ class GoldenTest {
 
     @AfterAll
     static void close() {
-        context.close();
+        if (context != null) {
+            context.close();
+            context = null;
+        }
     }
 
     static MlaConfig config(Safetensors st) {

@@ -38,9 +38,14 @@ class WeightTypesTest {
      * FP8 weights with 128x128 block scales must give the same layer as the dequantized weights
      * (w = fp8 * scale_inv) given in f32.
      */
+    /** The context the tests run in; {@link CudaWeightTypesTest} uses a CUDA one. */
+    MlaContext openContext() {
+        return MlaContext.cpu();
+    }
+
     @Test
     void fp8BlockScaledWeightsEqualTheirDequantizedF32() throws IOException {
-        try (Safetensors st = LifecycleTest.tiny(); MlaContext ctx = MlaContext.cpu(); Arena arena = Arena.ofConfined()) {
+        try (Safetensors st = LifecycleTest.tiny(); MlaContext ctx = openContext(); Arena arena = Arena.ofConfined()) {
             MlaConfig cfg = LifecycleTest.tinyConfig(st);
             Map<String, Tensor> fp8 = new HashMap<>();
             Map<String, Tensor> f32 = new HashMap<>();
@@ -107,7 +112,7 @@ class WeightTypesTest {
     /** bf16 hidden states in, bf16 out: within the bf16 tolerance of the golden output. */
     @Test
     void bf16Activations() throws IOException {
-        try (Safetensors st = LifecycleTest.tiny(); MlaContext ctx = MlaContext.cpu(); Arena arena = Arena.ofConfined()) {
+        try (Safetensors st = LifecycleTest.tiny(); MlaContext ctx = openContext(); Arena arena = Arena.ofConfined()) {
             MlaConfig cfg = LifecycleTest.tinyConfig(st);
             float[] hidden = st.tensor("seq2.hidden").toFloatArray();
             float[] expected = st.tensor("seq2.output").toFloatArray();
@@ -121,7 +126,17 @@ class WeightTypesTest {
                  LatentCache cache = LatentCache.create(ctx, cfg, DType.BF16, 16, 5)) {
                 int id = cache.addSequence();
                 try (Batch b = Batch.builder(cache).add(id, t).build()) {
-                    layer.forward(b, in, DType.BF16, out, DType.BF16);
+                    if (ctx.backend() == MlaContext.Backend.CPU) {
+                        layer.forward(b, in, DType.BF16, out, DType.BF16);
+                    } else {  // device memory: through buffers on a stream of the context
+                        try (DeviceBuffer din = DeviceBuffer.allocate(ctx, in.byteSize());
+                             DeviceBuffer dout = DeviceBuffer.allocate(ctx, out.byteSize());
+                             MlaStream stream = MlaStream.create(ctx)) {
+                            din.upload(0, in, stream);
+                            layer.forward(b, din, DType.BF16, dout, DType.BF16, stream);
+                            dout.download(0, out, stream);
+                        }
+                    }
                 }
             }
             float[] actual = new float[expected.length];

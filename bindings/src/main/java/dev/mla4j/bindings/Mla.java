@@ -2281,5 +2281,624 @@ public class Mla extends Mla$shared {
            throw new AssertionError("should not reach here", ex$);
         }
     }
+
+    private static class mla_buffer_create {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mla.C_INT,
+            Mla.C_POINTER,
+            Mla.C_LONG,
+            Mla.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("mla_buffer_create");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_create(mla_context *context, size_t bytes, mla_buffer **out)
+     * }
+     */
+    public static FunctionDescriptor mla_buffer_create$descriptor() {
+        return mla_buffer_create.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_create(mla_context *context, size_t bytes, mla_buffer **out)
+     * }
+     */
+    public static MethodHandle mla_buffer_create$handle() {
+        return mla_buffer_create.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_create(mla_context *context, size_t bytes, mla_buffer **out)
+     * }
+     */
+    public static MemorySegment mla_buffer_create$address() {
+        return mla_buffer_create.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * mla_status mla_buffer_create(mla_context *context, size_t bytes, mla_buffer **out)
+     * }
+     */
+    public static int mla_buffer_create(MemorySegment context, long bytes, MemorySegment out) {
+        var mh$ = mla_buffer_create.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("mla_buffer_create", context, bytes, out);
+            }
+            return (int)mh$.invokeExact(context, bytes, out);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class mla_buffer_wrap {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mla.C_INT,
+            Mla.C_POINTER,
+            Mla.C_POINTER,
+            Mla.C_LONG,
+            Mla.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("mla_buffer_wrap");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_wrap(mla_context *context, void *data, size_t bytes, mla_buffer **out)
+     * }
+     */
+    public static FunctionDescriptor mla_buffer_wrap$descriptor() {
+        return mla_buffer_wrap.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_wrap(mla_context *context, void *data, size_t bytes, mla_buffer **out)
+     * }
+     */
+    public static MethodHandle mla_buffer_wrap$handle() {
+        return mla_buffer_wrap.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_wrap(mla_context *context, void *data, size_t bytes, mla_buffer **out)
+     * }
+     */
+    public static MemorySegment mla_buffer_wrap$address() {
+        return mla_buffer_wrap.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * mla_status mla_buffer_wrap(mla_context *context, void *data, size_t bytes, mla_buffer **out)
+     * }
+     */
+    public static int mla_buffer_wrap(MemorySegment context, MemorySegment data, long bytes, MemorySegment out) {
+        var mh$ = mla_buffer_wrap.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("mla_buffer_wrap", context, data, bytes, out);
+            }
+            return (int)mh$.invokeExact(context, data, bytes, out);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class mla_buffer_destroy {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.ofVoid(
+            Mla.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("mla_buffer_destroy");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * void mla_buffer_destroy(mla_buffer *buffer)
+     * }
+     */
+    public static FunctionDescriptor mla_buffer_destroy$descriptor() {
+        return mla_buffer_destroy.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * void mla_buffer_destroy(mla_buffer *buffer)
+     * }
+     */
+    public static MethodHandle mla_buffer_destroy$handle() {
+        return mla_buffer_destroy.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * void mla_buffer_destroy(mla_buffer *buffer)
+     * }
+     */
+    public static MemorySegment mla_buffer_destroy$address() {
+        return mla_buffer_destroy.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * void mla_buffer_destroy(mla_buffer *buffer)
+     * }
+     */
+    public static void mla_buffer_destroy(MemorySegment buffer) {
+        var mh$ = mla_buffer_destroy.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("mla_buffer_destroy", buffer);
+            }
+            mh$.invokeExact(buffer);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class mla_buffer_data {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mla.C_INT,
+            Mla.C_POINTER,
+            Mla.C_POINTER,
+            Mla.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("mla_buffer_data");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_data(const mla_buffer *buffer, void **data, size_t *bytes)
+     * }
+     */
+    public static FunctionDescriptor mla_buffer_data$descriptor() {
+        return mla_buffer_data.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_data(const mla_buffer *buffer, void **data, size_t *bytes)
+     * }
+     */
+    public static MethodHandle mla_buffer_data$handle() {
+        return mla_buffer_data.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_data(const mla_buffer *buffer, void **data, size_t *bytes)
+     * }
+     */
+    public static MemorySegment mla_buffer_data$address() {
+        return mla_buffer_data.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * mla_status mla_buffer_data(const mla_buffer *buffer, void **data, size_t *bytes)
+     * }
+     */
+    public static int mla_buffer_data(MemorySegment buffer, MemorySegment data, MemorySegment bytes) {
+        var mh$ = mla_buffer_data.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("mla_buffer_data", buffer, data, bytes);
+            }
+            return (int)mh$.invokeExact(buffer, data, bytes);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class mla_buffer_upload {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mla.C_INT,
+            Mla.C_POINTER,
+            Mla.C_LONG,
+            Mla.C_POINTER,
+            Mla.C_LONG,
+            Mla.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("mla_buffer_upload");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_upload(mla_buffer *buffer, size_t offset, const void *host, size_t bytes, void *stream)
+     * }
+     */
+    public static FunctionDescriptor mla_buffer_upload$descriptor() {
+        return mla_buffer_upload.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_upload(mla_buffer *buffer, size_t offset, const void *host, size_t bytes, void *stream)
+     * }
+     */
+    public static MethodHandle mla_buffer_upload$handle() {
+        return mla_buffer_upload.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_upload(mla_buffer *buffer, size_t offset, const void *host, size_t bytes, void *stream)
+     * }
+     */
+    public static MemorySegment mla_buffer_upload$address() {
+        return mla_buffer_upload.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * mla_status mla_buffer_upload(mla_buffer *buffer, size_t offset, const void *host, size_t bytes, void *stream)
+     * }
+     */
+    public static int mla_buffer_upload(MemorySegment buffer, long offset, MemorySegment host, long bytes, MemorySegment stream) {
+        var mh$ = mla_buffer_upload.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("mla_buffer_upload", buffer, offset, host, bytes, stream);
+            }
+            return (int)mh$.invokeExact(buffer, offset, host, bytes, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class mla_buffer_download {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mla.C_INT,
+            Mla.C_POINTER,
+            Mla.C_LONG,
+            Mla.C_POINTER,
+            Mla.C_LONG,
+            Mla.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("mla_buffer_download");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_download(const mla_buffer *buffer, size_t offset, void *host, size_t bytes, void *stream)
+     * }
+     */
+    public static FunctionDescriptor mla_buffer_download$descriptor() {
+        return mla_buffer_download.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_download(const mla_buffer *buffer, size_t offset, void *host, size_t bytes, void *stream)
+     * }
+     */
+    public static MethodHandle mla_buffer_download$handle() {
+        return mla_buffer_download.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * mla_status mla_buffer_download(const mla_buffer *buffer, size_t offset, void *host, size_t bytes, void *stream)
+     * }
+     */
+    public static MemorySegment mla_buffer_download$address() {
+        return mla_buffer_download.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * mla_status mla_buffer_download(const mla_buffer *buffer, size_t offset, void *host, size_t bytes, void *stream)
+     * }
+     */
+    public static int mla_buffer_download(MemorySegment buffer, long offset, MemorySegment host, long bytes, MemorySegment stream) {
+        var mh$ = mla_buffer_download.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("mla_buffer_download", buffer, offset, host, bytes, stream);
+            }
+            return (int)mh$.invokeExact(buffer, offset, host, bytes, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class mla_stream_create {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mla.C_INT,
+            Mla.C_POINTER,
+            Mla.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("mla_stream_create");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * mla_status mla_stream_create(mla_context *context, void **out)
+     * }
+     */
+    public static FunctionDescriptor mla_stream_create$descriptor() {
+        return mla_stream_create.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * mla_status mla_stream_create(mla_context *context, void **out)
+     * }
+     */
+    public static MethodHandle mla_stream_create$handle() {
+        return mla_stream_create.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * mla_status mla_stream_create(mla_context *context, void **out)
+     * }
+     */
+    public static MemorySegment mla_stream_create$address() {
+        return mla_stream_create.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * mla_status mla_stream_create(mla_context *context, void **out)
+     * }
+     */
+    public static int mla_stream_create(MemorySegment context, MemorySegment out) {
+        var mh$ = mla_stream_create.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("mla_stream_create", context, out);
+            }
+            return (int)mh$.invokeExact(context, out);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class mla_stream_destroy {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.ofVoid(
+            Mla.C_POINTER,
+            Mla.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("mla_stream_destroy");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * void mla_stream_destroy(mla_context *context, void *stream)
+     * }
+     */
+    public static FunctionDescriptor mla_stream_destroy$descriptor() {
+        return mla_stream_destroy.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * void mla_stream_destroy(mla_context *context, void *stream)
+     * }
+     */
+    public static MethodHandle mla_stream_destroy$handle() {
+        return mla_stream_destroy.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * void mla_stream_destroy(mla_context *context, void *stream)
+     * }
+     */
+    public static MemorySegment mla_stream_destroy$address() {
+        return mla_stream_destroy.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * void mla_stream_destroy(mla_context *context, void *stream)
+     * }
+     */
+    public static void mla_stream_destroy(MemorySegment context, MemorySegment stream) {
+        var mh$ = mla_stream_destroy.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("mla_stream_destroy", context, stream);
+            }
+            mh$.invokeExact(context, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class mla_stream_synchronize {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mla.C_INT,
+            Mla.C_POINTER,
+            Mla.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("mla_stream_synchronize");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * mla_status mla_stream_synchronize(mla_context *context, void *stream)
+     * }
+     */
+    public static FunctionDescriptor mla_stream_synchronize$descriptor() {
+        return mla_stream_synchronize.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * mla_status mla_stream_synchronize(mla_context *context, void *stream)
+     * }
+     */
+    public static MethodHandle mla_stream_synchronize$handle() {
+        return mla_stream_synchronize.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * mla_status mla_stream_synchronize(mla_context *context, void *stream)
+     * }
+     */
+    public static MemorySegment mla_stream_synchronize$address() {
+        return mla_stream_synchronize.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * mla_status mla_stream_synchronize(mla_context *context, void *stream)
+     * }
+     */
+    public static int mla_stream_synchronize(MemorySegment context, MemorySegment stream) {
+        var mh$ = mla_stream_synchronize.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("mla_stream_synchronize", context, stream);
+            }
+            return (int)mh$.invokeExact(context, stream);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class mla_context_memory_info {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            Mla.C_INT,
+            Mla.C_POINTER,
+            Mla.C_POINTER,
+            Mla.C_POINTER,
+            Mla.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = SYMBOL_LOOKUP.findOrThrow("mla_context_memory_info");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * mla_status mla_context_memory_info(const mla_context *context, size_t *used_by_library, size_t *device_free, size_t *device_total)
+     * }
+     */
+    public static FunctionDescriptor mla_context_memory_info$descriptor() {
+        return mla_context_memory_info.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * mla_status mla_context_memory_info(const mla_context *context, size_t *used_by_library, size_t *device_free, size_t *device_total)
+     * }
+     */
+    public static MethodHandle mla_context_memory_info$handle() {
+        return mla_context_memory_info.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * mla_status mla_context_memory_info(const mla_context *context, size_t *used_by_library, size_t *device_free, size_t *device_total)
+     * }
+     */
+    public static MemorySegment mla_context_memory_info$address() {
+        return mla_context_memory_info.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * mla_status mla_context_memory_info(const mla_context *context, size_t *used_by_library, size_t *device_free, size_t *device_total)
+     * }
+     */
+    public static int mla_context_memory_info(MemorySegment context, MemorySegment used_by_library, MemorySegment device_free, MemorySegment device_total) {
+        var mh$ = mla_context_memory_info.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("mla_context_memory_info", context, used_by_library, device_free, device_total);
+            }
+            return (int)mh$.invokeExact(context, used_by_library, device_free, device_total);
+        } catch (Error | RuntimeException ex) {
+           throw ex;
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
 }
 
