@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU and PyTorch: measures the PyTorch bmm+softmax baseline and the
 # ceilings (torch_baseline.py), then the CUDA backend's decode attention (bench_decode), in the
-# same run. Table on stdout; torch.csv, bench.csv and logs in $OUT (or ./gpu-out).
+# same run, then the compression kernel and whole-layer decode steps. Table on stdout; torch.csv,
+# bench.csv and logs in $OUT (or ./gpu-out). MLA_BENCH_VARIANTS=0 skips the runs of the older
+# kernel families (decode rows only) that precede the default one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-out}
@@ -12,13 +14,15 @@ if [ ! -x "$dir/bench_decode" ]; then
 fi
 PYTHONUNBUFFERED=1 python3 native/bench/cuda/torch_baseline.py "$out/torch.csv" \
   > "$out/torch.log" 2>&1 || echo "torch baseline failed (see torch.log)"
-echo "== two-warpgroup wgmma kernel (MLA_CUDA_WS=0)"
-MLA_CUDA_WS=0 "$dir/bench_decode" --torch "$out/torch.csv" --csv "$out/bench-wg.csv" \
-  > "$out/bench-wg.log" 2>&1
-tail -n 23 "$out/bench-wg.log"
-echo "== mma.sync kernels (MLA_CUDA_NO_WGMMA=1)"
-MLA_CUDA_NO_WGMMA=1 "$dir/bench_decode" --torch "$out/torch.csv" --csv "$out/bench-mma.csv" \
-  > "$out/bench-mma.log" 2>&1
-tail -n 23 "$out/bench-mma.log"
+if [ "${MLA_BENCH_VARIANTS:-1}" != 0 ]; then
+  echo "== two-warpgroup wgmma kernel (MLA_CUDA_WS=0)"
+  MLA_CUDA_WS=0 "$dir/bench_decode" --no-layer --torch "$out/torch.csv" \
+    --csv "$out/bench-wg.csv" > "$out/bench-wg.log" 2>&1
+  tail -n 28 "$out/bench-wg.log"
+  echo "== mma.sync kernels (MLA_CUDA_NO_WGMMA=1)"
+  MLA_CUDA_NO_WGMMA=1 "$dir/bench_decode" --no-layer --torch "$out/torch.csv" \
+    --csv "$out/bench-mma.csv" > "$out/bench-mma.log" 2>&1
+  tail -n 28 "$out/bench-mma.log"
+fi
 echo "== default kernels"
 "$dir/bench_decode" --torch "$out/torch.csv" --csv "$out/bench.csv" 2>&1 | tee "$out/bench.log"

@@ -16,6 +16,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 echo "== tests (default kernels: warp-specialized wgmma on sm_90a)"
 "$dir/tests_cuda/test_cuda_backend" > "$out/test.log" 2>&1 || status=1
 tail -n 40 "$out/test.log"
+echo "== tests (MLA_CUDA_WS_QREG=0: warp-specialized kernel, Q from shared memory only)"
+MLA_CUDA_WS_QREG=0 "$dir/tests_cuda/test_cuda_backend" > "$out/test-noqreg.log" 2>&1 || status=1
+grep -E "FAIL|checks," "$out/test-noqreg.log" | tail -n 10
 echo "== tests (MLA_CUDA_WS=0: two-warpgroup wgmma kernel)"
 MLA_CUDA_WS=0 "$dir/tests_cuda/test_cuda_backend" > "$out/test-wg.log" 2>&1 || status=1
 grep -E "FAIL|checks," "$out/test-wg.log" | tail -n 10
@@ -32,5 +35,22 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
 else
   echo "compute-sanitizer not found"
   status=1
+fi
+# The golden vectors through the public ABI need the whole library (MLA_GPU_GOLDEN=0 skips).
+if [ "${MLA_GPU_GOLDEN:-1}" != 0 ]; then
+  echo "== golden vectors on a CUDA context (whole library)"
+  full=${MLA_GPU_FULL_BUILD:-build-gpu-full}
+  gen=()
+  command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
+  if cmake -S . -B "$full" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DMLA_CUDA=ON \
+       -DCMAKE_CUDA_ARCHITECTURES=90a > "$out/golden-build.log" 2>&1 &&
+     cmake --build "$full" -j"$(nproc)" --target test_cuda_golden >> "$out/golden-build.log" 2>&1; then
+    golden=$(find "$full" -name test_cuda_golden -type f | head -n 1)
+    "$golden" > "$out/golden.log" 2>&1 || status=1
+    tail -n 5 "$out/golden.log"
+  else
+    echo "golden build failed (see golden-build.log)"
+    status=1
+  fi
 fi
 exit $status

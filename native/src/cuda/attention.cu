@@ -17,7 +17,8 @@
 //
 // Kernels for the fast path (dc = 512, dr = 64, bf16 cache):
 //   decode_ws_kernel     sm_90a, 64-row tiles: warp-specialized (scores+softmax | loads+P V),
-//                        wgmma, 32-key tiles in a 4-stage ring (default on H100/H200)
+//                        wgmma, 32-key tiles in a 4-stage ring, 20 of the 36 k-steps of Q
+//                        held in registers (default on H100/H200; MLA_CUDA_WS_QREG=0: none)
 //   decode_wgmma_kernel  sm_90a, 64-row tiles: two symmetric warpgroups, wgmma, 64-key tiles
 //                        (MLA_CUDA_WS=0)
 //   decode_mma_kernel    any sm_80+ GPU and 16/32-row tiles (H <= 32): mma.sync m16n8k16
@@ -227,7 +228,8 @@ struct RunArgs {
     int out_f32;
     float* lse;
     const int32_t* md;
-    float* ws_o;     // [2G][M][512]
+    float* ws_o;     // [2G][M][512] f32, or bf16 (same offsets in elements) where ws_bf16
+    int ws_bf16;     // partial O stored as bf16 (warp-specialized kernel, bf16 output)
     float* ws_lse;   // [2G][M]
     int H, causal, M, G;  // G: CTAs
     int R, NG;            // CTAs per group, groups
@@ -847,6 +849,16 @@ __global__ void __launch_bounds__(kThreads, 1) decode_wgmma_kernel(RunArgs a) {
 //   pempty[b] buffer b consumed           (8 warp arrivals)
 // ------------------------------------------------------------------------------------------
 constexpr int kWsThreads = 384, kWsBN = 32, kWsStages = 4;
+// The score warpgroup keeps the first QR k-steps (16 columns each) of its Q tile in registers
+// (A operand from registers), so each key tile reads less of Q from shared memory. QR = 0 is the
+// previous all-shared-memory version (MLA_CUDA_WS_QREG=0).
+constexpr int kWsQRegSteps = 20;
+// setmaxnreg split (registers per thread): score warpgroup / each P V warpgroup, with and without
+// Q in registers. The CTA starts with 168 per thread (384 threads, launch bound 1 CTA/SM) and the
+// split must stay within that allocation, or setmaxnreg.inc waits forever.
+constexpr int kWsRegScoreQ = 152, kWsRegPvQ = 176, kWsRegScore = 104, kWsRegPv = 200;
+static_assert(128 * kWsRegScoreQ + 256 * kWsRegPvQ <= 168 * 384, "register split");
+static_assert(128 * kWsRegScore + 256 * kWsRegPv <= 168 * 384, "register split");
 constexpr size_t kWsQ = size_t(64) * kRowBytes;                  // 73728
 constexpr size_t kWsStage = size_t(kWsBN) * kRowBytes;           // 36864
 constexpr size_t kWsP = size_t(64) * kWsBN * 2;                  // 4096 per buffer
@@ -859,6 +871,14 @@ __device__ __forceinline__ void mbar_init(uint32_t addr, int count) {
 }
 __device__ __forceinline__ void mbar_arrive(uint32_t addr) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(addr) : "memory");
+}
+// Arrives only where pred != 0, as a predicated instruction (no branch: a branch that the
+// compiler cannot prove uniform would serialize the wgmmas in flight around it).
+__device__ __forceinline__ void mbar_arrive_if(uint32_t addr, int pred) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(addr),
+        "r"(pred)
+        : "memory");
 }
 __device__ __forceinline__ void mbar_wait(uint32_t addr, int parity) {
     asm volatile(
@@ -901,12 +921,14 @@ __device__ __forceinline__ WsPiece ws_piece(const RunArgs& a, const int32_t* seg
 
 #endif
 
+template <int QR>
 __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int M = 64, BN = kWsBN, NST = kWsStages;
     extern __shared__ uint8_t smem_raw[];
-    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
-                                               ~uintptr_t(1023));
+    // aligned by an offset from the shared array itself, so that the compiler keeps these
+    // pointers in the shared state space (STS / LDS rather than generic stores)
+    uint8_t* smem = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
     uint8_t* sQ = smem;
     uint8_t* sK = sQ + kWsQ;
     uint8_t* sP = sK + NST * kWsStage;
@@ -954,7 +976,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
 
     if (wg == 0) {
         // ---------------- scores + softmax
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 104;\n" ::: "memory");
+        if constexpr (QR > 0)
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kWsRegScoreQ) : "memory");
+        else
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kWsRegScore) : "memory");
         int tau = 0, pp = 0;
         for (int s = lo; in_range(s); ++s) {
             const WsPiece pc = piece(s);
@@ -996,59 +1021,92 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                 if (R0 < pc.n * a.H) lim0 = max(0, min(a.causal ? pc.L - pc.n + R0 / a.H + 1 : pc.L, pc.L));
                 if (R1 < pc.n * a.H) lim1 = max(0, min(a.causal ? pc.L - pc.n + R1 / a.H + 1 : pc.L, pc.L));
             }
+            // keys below lim_min are visible to every row this warp holds in the tile
+            const int lim_min = __reduce_min_sync(0xffffffffu, min(lim0, lim1));
             float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
             const uint64_t da0 = make_desc(sQa, 0, 1024);
-            for (int t = pc.t0; t < pc.t1; ++t, ++tau) {
-                const int st = tau % NST;
-                mbar_wait(full_b(st), (tau / NST) & 1);
-                // two independent accumulator chains (even / odd k-steps) keep two wgmmas in
-                // flight instead of one dependent chain
-                float sc[16], sc2[16];
+            uint32_t qa[QR > 0 ? QR : 1][4];
+            {
+                const int qr = wq * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+                for (int ks = 0; ks < QR; ++ks)
+                    ldmatrix_x4(sQa + sw128(qr, 2 * ks + (lane >> 4), M), qa[ks][0], qa[ks][1],
+                                qa[ks][2], qa[ks][3]);
+            }
+            // S = Q K^T of tile tau_i into x / x2: two independent accumulator chains (even / odd
+            // k-steps) keep two wgmmas in flight instead of one dependent chain; committed as one
+            // group, not waited for
+            auto s_issue = [&](int tau_i, float (&x)[16], float (&x2)[16]) {
+                const int st = tau_i % NST;
+                mbar_wait(full_b(st), (tau_i / NST) & 1);
+                float* sc = x;
+                float* sc2 = x2;
                 const uint64_t db0 = make_desc(sKa + st * kWsStage, 0, 1024);
                 wgmma_fence();
 #pragma unroll
                 for (int ks = 0; ks < kChunks / 2; ks += 2) {
                     const uint32_t kk = (ks & 3) * 32, kk2 = ((ks + 1) & 3) * 32;
-                    wgmma_m64n32k16(sc, da0 + (((ks >> 2) * (M * 128) + kk) >> 4),
-                                    db0 + (((ks >> 2) * (BN * 128) + kk) >> 4), ks > 0);
-                    wgmma_m64n32k16(sc2, da0 + ((((ks + 1) >> 2) * (M * 128) + kk2) >> 4),
-                                    db0 + ((((ks + 1) >> 2) * (BN * 128) + kk2) >> 4), ks > 0);
+                    const uint64_t db = db0 + (((ks >> 2) * (BN * 128) + kk) >> 4);
+                    const uint64_t db2 = db0 + ((((ks + 1) >> 2) * (BN * 128) + kk2) >> 4);
+                    if (ks < QR) {
+                        wgmma_m64n32k16_ra(sc, qa[ks], db, ks > 0);
+                        wgmma_m64n32k16_ra(sc2, qa[ks + 1], db2, ks > 0);
+                    } else {
+                        wgmma_m64n32k16(sc, da0 + (((ks >> 2) * (M * 128) + kk) >> 4), db, ks > 0);
+                        wgmma_m64n32k16(sc2, da0 + ((((ks + 1) >> 2) * (M * 128) + kk2) >> 4),
+                                        db2, ks > 0);
+                    }
                 }
                 wgmma_commit();
-                wgmma_wait0();
+            };
+            // softmax of tile t (ring position tau_i) once its S group has completed
+            auto s_finish = [&](int t, int tau_i, float (&sc)[16], const float (&sc2)[16]) {
 #pragma unroll
                 for (int i = 0; i < 16; ++i) sc[i] += sc2[i];
                 __syncwarp();
-                if (lane == 0) mbar_arrive(empty_b(st));
+                mbar_arrive_if(empty_b(tau_i % NST), lane == 0);
                 float mx0 = -INFINITY, mx1 = -INFINITY;
+                if ((t + 1) * BN <= lim_min) {  // every key of the tile is visible to both rows
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
+                    for (int j = 0; j < 4; ++j) {
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int key = t * BN + j * 8 + (lane & 3) * 2 + (e & 1);
-                        float v = sc[j * 4 + e] * a.scale_log2;
-                        if (e < 2) {
-                            v = key < lim0 ? v : -INFINITY;
-                            mx0 = fmaxf(mx0, v);
-                        } else {
-                            v = key < lim1 ? v : -INFINITY;
-                            mx1 = fmaxf(mx1, v);
-                        }
-                        sc[j * 4 + e] = v;
+                        for (int e = 0; e < 4; ++e) sc[j * 4 + e] *= a.scale_log2;
+                        mx0 = fmaxf(mx0, fmaxf(sc[j * 4 + 0], sc[j * 4 + 1]));
+                        mx1 = fmaxf(mx1, fmaxf(sc[j * 4 + 2], sc[j * 4 + 3]));
                     }
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const int key = t * BN + j * 8 + (lane & 3) * 2 + (e & 1);
+                            float v = sc[j * 4 + e] * a.scale_log2;
+                            if (e < 2) {
+                                v = key < lim0 ? v : -INFINITY;
+                                mx0 = fmaxf(mx0, v);
+                            } else {
+                                v = key < lim1 ? v : -INFINITY;
+                                mx1 = fmaxf(mx1, v);
+                            }
+                            sc[j * 4 + e] = v;
+                        }
+                }
                 mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
                 mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
                 mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
                 mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
                 const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-                const float al0 = mn0 == -INFINITY ? 1.f : exp2f(m0 - mn0);
-                const float al1 = mn1 == -INFINITY ? 1.f : exp2f(m1 - mn1);
+                // selects, not branches (see mbar_arrive_if)
                 const float mu0 = mn0 == -INFINITY ? 0.f : mn0;
                 const float mu1 = mn1 == -INFINITY ? 0.f : mn1;
+                const float e0 = exp2f(m0 - mu0), e1 = exp2f(m1 - mu1);
+                const float al0 = mn0 == -INFINITY ? 1.f : e0;
+                const float al1 = mn1 == -INFINITY ? 1.f : e1;
                 m0 = mn0;
                 m1 = mn1;
-                const int pb = tau & 1;
-                if (tau >= 2) mbar_wait(pempty_b(pb), ((tau >> 1) - 1) & 1);
+                const int pb = tau_i & 1;
+                // for tau_i < 2 this waits on the phase before the first: returns at once
+                mbar_wait(pempty_b(pb), ((tau_i >> 1) - 1) & 1);
                 uint8_t* P = sP + pb * kWsP;
                 float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
@@ -1069,19 +1127,25 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                 sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
                 l0 = l0 * al0 + sum0;
                 l1 = l1 * al1 + sum1;
-                if ((lane & 3) == 0) {
+                // the four lanes of a row hold the same values: all of them store (no branch);
+                // the running m / l go out every tile, the PV warps read them after the last
+                {
                     s_alpha[pb * 64 + r0] = al0;
                     s_alpha[pb * 64 + r1] = al1;
-                    if (t == pc.t1 - 1) {
-                        float* fin = s_fin + (pp & 1) * 128;
-                        fin[r0] = m0;
-                        fin[r1] = m1;
-                        fin[64 + r0] = l0;
-                        fin[64 + r1] = l1;
-                    }
+                    float* fin = s_fin + (pp & 1) * 128;
+                    fin[r0] = m0;
+                    fin[r1] = m1;
+                    fin[64 + r0] = l0;
+                    fin[64 + r1] = l1;
                 }
                 fence_proxy_async();
                 mbar_arrive(pfull_b(pb));
+            };
+            for (int t = pc.t0; t < pc.t1; ++t, ++tau) {
+                float x[16], x2[16];
+                s_issue(tau, x, x2);
+                wgmma_wait0();
+                s_finish(t, tau, x, x2);
             }
             ++pp;
         }
@@ -1089,7 +1153,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
     }
 
     // ---------------- loaders + P V (warpgroups 1 and 2)
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 200;\n" ::: "memory");
+    if constexpr (QR > 0)
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kWsRegPvQ) : "memory");
+    else
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kWsRegPv) : "memory");
     const int ltid = tid - 128;           // 0..255
     const int half = wg - 1;              // which 256 columns of O
     // loader cursor
@@ -1108,15 +1175,21 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
     int n_issued = 0;
     const int my_key = ltid >> 3, my_c0 = ltid & 7;  // 8 threads per key row, 32 keys
     const int pmask = (1 << a.page_shift) - 1;
+    // block id of the next tile this thread loads, read one tile ahead so that the block-table
+    // latency is off the load issue path
+    auto fetch_blk = [&]() -> int {
+        const int kpos = lt * BN + my_key;
+        return (!ldone && kpos < lL)
+                   ? __ldg(a.block_table + int64_t(lb) * a.bt_stride + (kpos >> a.page_shift))
+                   : 0;
+    };
+    int next_blk = fetch_blk();
     auto issue_next = [&]() {
         if (!ldone) {
             if (n_issued >= NST) mbar_wait(empty_b(n_issued % NST), ((n_issued / NST) - 1) & 1);
             const int kpos = lt * BN + my_key;
             const uint16_t* src = nullptr;
-            if (kpos < lL) {
-                const int blk = __ldg(a.block_table + int64_t(lb) * a.bt_stride + (kpos >> a.page_shift));
-                src = a.cache + (int64_t(blk) * (pmask + 1) + (kpos & pmask)) * kD;
-            }
+            if (kpos < lL) src = a.cache + (int64_t(next_blk) * (pmask + 1) + (kpos & pmask)) * kD;
             const uint32_t dst = sKa + (n_issued % NST) * kWsStage + my_key * 128;
 #pragma unroll
             for (int i = 0; i < kChunks / 8; ++i) {
@@ -1126,6 +1199,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
             }
             ++n_issued;
             if (++lt >= lt1) lnext_piece(ls + 1);
+            next_blk = fetch_blk();
         }
         cp_async_commit();
     };
@@ -1202,7 +1276,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
             for (int jj = 0; jj < 32; ++jj) {
                 const int col = half * 256 + jj * 8 + (lane & 3) * 2;
                 const float v0 = o[jj * 4 + hf * 2] * inv, v1 = o[jj * 4 + hf * 2 + 1] * inv;
-                if (pc.cut) {
+                if (pc.cut && a.ws_bf16) {
+                    uint16_t* dst = reinterpret_cast<uint16_t*>(a.ws_o) +
+                                    (int64_t(pc.slot) * M + r) * kDc + col;
+                    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(v0, v1);
+                } else if (pc.cut) {
                     float* dst = a.ws_o + (int64_t(pc.slot) * M + r) * kDc + col;
                     *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
                 } else if (a.out_f32) {
@@ -1297,11 +1375,22 @@ __global__ void __launch_bounds__(256) combine_kernel(RunArgs a) {
                 for (int k = 0; k < 4; ++k) {
                     const int slot = i0 + k < nc ? s_slot[warp][i0 + k] : -1;
                     w[k] = slot >= 0 ? s_w[warp][i0 + k] : 0.f;
-                    const float4* src = reinterpret_cast<const float4*>(
-                        a.ws_o + (int64_t(slot >= 0 ? slot : 0) * a.M + r) * kDc);
+                    const int64_t off = (int64_t(slot >= 0 ? slot : 0) * a.M + r) * kDc;
+                    if (a.ws_bf16) {
+                        const uint2* src =
+                            reinterpret_cast<const uint2*>(reinterpret_cast<const uint16_t*>(a.ws_o) + off);
 #pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        v[k][j] = slot >= 0 ? src[lane + 32 * j] : make_float4(0.f, 0.f, 0.f, 0.f);
+                        for (int j = 0; j < 4; ++j) {
+                            const uint2 x = slot >= 0 ? src[lane + 32 * j] : make_uint2(0, 0);
+                            v[k][j] = make_float4(__uint_as_float(x.x << 16), __uint_as_float(x.x & 0xffff0000u),
+                                                  __uint_as_float(x.y << 16), __uint_as_float(x.y & 0xffff0000u));
+                        }
+                    } else {
+                        const float4* src = reinterpret_cast<const float4*>(a.ws_o + off);
+#pragma unroll
+                        for (int j = 0; j < 4; ++j)
+                            v[k][j] = slot >= 0 ? src[lane + 32 * j] : make_float4(0.f, 0.f, 0.f, 0.f);
+                    }
                 }
 #pragma unroll
                 for (int k = 0; k < 4; ++k) {
@@ -1499,11 +1588,14 @@ void attention_init(DeviceInfo& dev, bool allow_wgmma) {
             // MLA_CUDA_WS=0 keeps the simpler two-warpgroup kernel (for comparisons)
             const char* ws = std::getenv("MLA_CUDA_WS");
             if (!(ws && ws[0] == '0') && kWsSmem <= dev.smem_optin) {
-                check(cudaFuncSetAttribute(decode_ws_kernel,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           int(kWsSmem)),
-                      "cudaFuncSetAttribute(warp-specialized decode kernel)");
+                for (auto* k : {decode_ws_kernel<kWsQRegSteps>, decode_ws_kernel<0>})
+                    check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               int(kWsSmem)),
+                          "cudaFuncSetAttribute(warp-specialized decode kernel)");
                 dev.ws = true;
+                // MLA_CUDA_WS_QREG=0 (for comparisons): Q read from shared memory every k-step
+                const char* v = std::getenv("MLA_CUDA_WS_QREG");
+                dev.ws_qreg = !(v && v[0] == '0');
             }
         }
     }
@@ -1537,7 +1629,8 @@ size_t attention_workspace_bytes(const DeviceInfo& dev, int32_t max_seqs, int32_
 const char* attention_path(const DeviceInfo& dev, const AttentionParams& p) {
     if (!fast_path(dev, p)) return "generic";
     const int M = rows_per_tile(p.num_heads), BN = pick_bn(dev, M);
-    if (use_wgmma(dev, M) && dev.ws) return "wgmma-ws-bf16 M=64 BN=32";
+    if (use_wgmma(dev, M) && dev.ws)
+        return dev.ws_qreg ? "wgmma-ws-bf16 M=64 BN=32 Qreg=20" : "wgmma-ws-bf16 M=64 BN=32";
     if (use_wgmma(dev, M)) return "wgmma-bf16 M=64 BN=64";
     static const char* names[3][3] = {
         {"mma-bf16 M=16 BN=64", "mma-bf16 M=16 BN=32", "mma-bf16 M=16 BN=16"},
@@ -1657,6 +1750,9 @@ void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* 
     a.md = static_cast<const int32_t*>(metadata);
     a.ws_o = static_cast<float*>(workspace);
     a.ws_lse = a.ws_o + size_t(2) * s.G * s.M * kDc;
+    // the warp-specialized kernel keeps partials in bf16 when the output is bf16 (the final
+    // rounding dominates; half the partial traffic)
+    a.ws_bf16 = (!a.out_f32 && use_wgmma(dev, s.M) && dev.ws) ? 1 : 0;
     a.H = p.num_heads;
     a.causal = p.causal;
     a.M = s.M;
@@ -1667,7 +1763,10 @@ void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* 
     a.lay = Layout{s.smax, s.G, p.num_seqs};
     const size_t smem = mma_smem_bytes(s.M, s.BN);
     if (use_wgmma(dev, s.M) && dev.ws) {
-        decode_ws_kernel<<<a.G, kWsThreads, kWsSmem, stream>>>(a);
+        if (dev.ws_qreg)
+            decode_ws_kernel<kWsQRegSteps><<<a.G, kWsThreads, kWsSmem, stream>>>(a);
+        else
+            decode_ws_kernel<0><<<a.G, kWsThreads, kWsSmem, stream>>>(a);
     } else if (use_wgmma(dev, s.M)) {
         decode_wgmma_kernel<<<a.G, kThreads, kWgSmem, stream>>>(a);
     } else switch (s.M) {

@@ -19,6 +19,7 @@ struct DeviceInfo {
     size_t smem_optin = 0;   // max dynamic shared memory per block (bytes)
     bool wgmma = false;      // the sm_90a kernels are in this binary and run on this device
     bool ws = false;         // use the warp-specialized sm_90a kernel for 64-row tiles
+    bool ws_qreg = false;    // ... with part of Q held in registers by the score warpgroup
 };
 
 // Call once per device before any launch: raises the kernels' dynamic shared-memory limits and
