@@ -254,7 +254,7 @@ Row bench_attention(mla_context* ctx, const char* simd_name, int32_t B, int32_t 
     p.out = out.data();
     p.lse = lse.data();
     size_t mb = 0, wb = 0;
-    CALL(mla_attention_workspace_size(ctx, B, B, kHeads, kDc, &mb, &wb));
+    CALL(mla_attention_workspace_size(ctx, B, B, kHeads, kDc, kDr, &mb, &wb));
     std::vector<uint8_t> meta(std::max<size_t>(mb, 1)), ws(std::max<size_t>(wb, 1));
     CALL(mla_attention_plan(ctx, &p, meta.data(), mb, nullptr));
     double sec = time_call([&] { CALL(mla_attention_run(ctx, &p, meta.data(), mb, ws.data(), wb, nullptr)); }, min_s,

@@ -351,18 +351,20 @@ typedef struct mla_attention_params {
 MLA_API mla_status mla_attention_params_init(mla_attention_params* params);
 
 /* Sizes of the caller-owned buffers for batches of at most max_num_seqs sequences and
- * max_num_tokens query tokens with num_heads heads and kv_lora_rank latent width: metadata
+ * max_num_tokens query tokens with num_heads heads, kv_lora_rank latent width and rope_dim RoPE
+ * width (the cache's): metadata
  * (scheduling, written by plan) and workspace (split-KV partials, used by run), in backend
  * memory. Either out-parameter may be NULL. Sizes depend on these arguments and the device only,
  * never on sequence lengths, so one allocation serves every step (and a captured CUDA graph). */
 MLA_API mla_status mla_attention_workspace_size(mla_context* context, int32_t max_num_seqs,
                                                 int32_t max_num_tokens, int32_t num_heads,
-                                                int32_t kv_lora_rank, size_t* metadata_bytes,
-                                                size_t* workspace_bytes);
+                                                int32_t kv_lora_rank, int32_t rope_dim,
+                                                size_t* metadata_bytes, size_t* workspace_bytes);
 
 /* Computes the split-KV schedule for params' batch into metadata. The schedule depends on
  * num_seqs, num_tokens, num_heads, qo_indptr and seq_lens only: it may be reused by every layer
- * of one step, and params.q, params.out and params.lse may be NULL here. Does not allocate. On CUDA asynchronous on stream and capturable in a graph.
+ * of one step, and params.q, params.out and params.lse may be NULL here. Does not allocate. On
+ * CUDA asynchronous on stream and capturable in a graph.
  * Returns MLA_ERROR_BUFFER_TOO_SMALL when metadata_bytes is below the size for this batch. */
 MLA_API mla_status mla_attention_plan(mla_context* context, const mla_attention_params* params,
                                       void* metadata, size_t metadata_bytes, void* stream);

@@ -647,8 +647,8 @@ MLA_API mla_status mla_attention_params_init(mla_attention_params* params) {
 
 MLA_API mla_status mla_attention_workspace_size(mla_context* context, int32_t max_num_seqs,
                                                 int32_t max_num_tokens, int32_t num_heads,
-                                                int32_t kv_lora_rank, size_t* metadata_bytes,
-                                                size_t* workspace_bytes) {
+                                                int32_t kv_lora_rank, int32_t rope_dim,
+                                                size_t* metadata_bytes, size_t* workspace_bytes) {
     static const char* fn = "mla_attention_workspace_size";
     return guard(fn, [&] {
         require(fn, context, "context");
@@ -658,10 +658,12 @@ MLA_API mla_status mla_attention_workspace_size(mla_context* context, int32_t ma
             invalid(fn, "num_heads = ", num_heads, ", must be in [1, 65536]");
         if (kv_lora_rank < 1 || kv_lora_rank > (1 << 20))
             invalid(fn, "kv_lora_rank = ", kv_lora_rank, ", must be in [1, 1048576]");
+        if (rope_dim < 2 || rope_dim % 2 != 0 || rope_dim > (1 << 20))
+            invalid(fn, "rope_dim = ", rope_dim, ", must be even and in [2, 1048576]");
         const size_t m = context->backend->attention_metadata_bytes(max_num_seqs, max_num_tokens,
                                                                     num_heads, kv_lora_rank);
         const size_t w = context->backend->attention_workspace_bytes(max_num_seqs, max_num_tokens,
-                                                                     num_heads, kv_lora_rank);
+                                                                     num_heads, kv_lora_rank, rope_dim);
         if (metadata_bytes) *metadata_bytes = m;
         if (workspace_bytes) *workspace_bytes = w;
     });

@@ -154,7 +154,7 @@ public:
     virtual size_t attention_metadata_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
                                             int32_t dc) const = 0;
     virtual size_t attention_workspace_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
-                                             int32_t dc) const = 0;
+                                             int32_t dc, int32_t dr) const = 0;
     virtual void attention_plan(const AttentionParams& p, void* metadata, size_t metadata_bytes,
                                 void* stream) = 0;
     virtual void attention_run(const AttentionParams& p, const void* metadata,

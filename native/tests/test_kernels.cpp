@@ -209,9 +209,10 @@ struct Workspace {
     std::vector<uint8_t> meta, ws;
 };
 
-Workspace workspace_for(mla_context* ctx, int32_t seqs, int32_t tokens, int32_t heads, int32_t dc) {
+Workspace workspace_for(mla_context* ctx, int32_t seqs, int32_t tokens, int32_t heads, int32_t dc,
+                        int32_t dr) {
     size_t mb = 0, wb = 0;
-    REQUIRE_OK(mla_attention_workspace_size(ctx, seqs, tokens, heads, dc, &mb, &wb));
+    REQUIRE_OK(mla_attention_workspace_size(ctx, seqs, tokens, heads, dc, dr, &mb, &wb));
     Workspace w;
     w.meta.assign(std::max<size_t>(mb, 1), 0xA5);
     w.ws.assign(std::max<size_t>(wb, 1), 0xA5);
@@ -227,7 +228,7 @@ void run_and_compare(mla_context* ctx, AttnData& d, const std::string& what, int
     std::vector<float> lse(size_t(d.T) * size_t(c.heads), NAN);
     void* out = c.out_dtype == MLA_DTYPE_F32 ? static_cast<void*>(out32.data()) : static_cast<void*>(out16.data());
     mla_attention_params p = attn_params(d, out, lse.data());
-    Workspace w = workspace_for(ctx, d.B, std::max(d.T, 1), c.heads, c.dc);
+    Workspace w = workspace_for(ctx, d.B, std::max(d.T, 1), c.heads, c.dc, c.dr);
     REQUIRE_OK(mla_attention_plan(ctx, &p, w.meta.data(), w.meta.size(), nullptr));
     std::mt19937_64 rng(12345);
     for (int run = 0; run < reuse_runs; ++run) {
@@ -327,6 +328,21 @@ MLA_TEST(attention_random_ragged_causal) {
     }
 }
 
+MLA_TEST(attention_rope_wider_than_latent) {
+    // The workspace size takes the rope width: a RoPE part wider than the latent (and than 64)
+    // must run with exactly the size mla_attention_workspace_size reports.
+    ContextPtr ctx = make_context(MLA_SIMD_AUTO, 2);
+    std::mt19937_64 rng(11);
+    AttnCase c;
+    c.heads = 3;
+    c.dc = 16;
+    c.dr = 256;
+    c.n = {1, 2};
+    c.L = {40, 9};
+    AttnData d = make_attn(c, rng);
+    run_and_compare(ctx.get(), d, case_name(c));
+}
+
 MLA_TEST(attention_non_causal) {
     ContextPtr ctx = make_context();
     std::mt19937_64 rng(3);
@@ -367,7 +383,7 @@ MLA_TEST(attention_zero_length_sequences) {
     // Explicit: the key-less query's out row is exactly 0 and its lse +inf.
     std::vector<float> out(size_t(d.T) * size_t(c.heads) * size_t(c.dc), NAN), lse(size_t(d.T) * size_t(c.heads), NAN);
     mla_attention_params p = attn_params(d, out.data(), lse.data());
-    Workspace w = workspace_for(ctx.get(), d.B, d.T, c.heads, c.dc);
+    Workspace w = workspace_for(ctx.get(), d.B, d.T, c.heads, c.dc, c.dr);
     REQUIRE_OK(mla_attention_plan(ctx.get(), &p, w.meta.data(), w.meta.size(), nullptr));
     REQUIRE_OK(mla_attention_run(ctx.get(), &p, w.meta.data(), w.meta.size(), w.ws.data(), w.ws.size(), nullptr));
     for (int32_t h = 0; h < c.heads; ++h) {
@@ -440,7 +456,7 @@ MLA_TEST(attention_does_not_write_past_batch_or_read_poison) {
     const size_t n_out = size_t(d.T) * size_t(c.heads) * size_t(c.dc);
     std::vector<float> out(n_out + 64, -7.0f);
     mla_attention_params p = attn_params(d, out.data(), nullptr);
-    Workspace w = workspace_for(ctx.get(), d.B + 3, d.T + 5, c.heads, c.dc);  // larger than needed is fine
+    Workspace w = workspace_for(ctx.get(), d.B + 3, d.T + 5, c.heads, c.dc, c.dr);  // larger than needed is fine
     REQUIRE_OK(mla_attention_plan(ctx.get(), &p, w.meta.data(), w.meta.size(), nullptr));
     REQUIRE_OK(mla_attention_run(ctx.get(), &p, w.meta.data(), w.meta.size(), w.ws.data(), w.ws.size(), nullptr));
     std::vector<double> ro, rl;

@@ -582,18 +582,20 @@ struct AttnFixture {
 MLA_TEST(attention_workspace_size_bad_args) {
     ContextPtr ctx = make_context(MLA_SIMD_AUTO, 1);
     size_t mb = 777, wb = 777;
-    EXPECT_FAIL(mla_attention_workspace_size(nullptr, 2, 3, 2, 16, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT, "context");
-    EXPECT_FAIL(mla_attention_workspace_size(ctx.get(), 0, 3, 2, 16, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT, "max_num_seqs");
-    EXPECT_FAIL(mla_attention_workspace_size(ctx.get(), 2, -1, 2, 16, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT,
+    EXPECT_FAIL(mla_attention_workspace_size(nullptr, 2, 3, 2, 16, 8, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT, "context");
+    EXPECT_FAIL(mla_attention_workspace_size(ctx.get(), 0, 3, 2, 16, 8, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT, "max_num_seqs");
+    EXPECT_FAIL(mla_attention_workspace_size(ctx.get(), 2, -1, 2, 16, 8, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT,
                 "max_num_tokens");
-    EXPECT_FAIL(mla_attention_workspace_size(ctx.get(), 2, 3, 0, 16, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT, "num_heads");
-    EXPECT_FAIL(mla_attention_workspace_size(ctx.get(), 2, 3, 2, 0, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT, "kv_lora_rank");
+    EXPECT_FAIL(mla_attention_workspace_size(ctx.get(), 2, 3, 0, 16, 8, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT, "num_heads");
+    EXPECT_FAIL(mla_attention_workspace_size(ctx.get(), 2, 3, 2, 0, 8, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT, "kv_lora_rank");
+    EXPECT_FAIL(mla_attention_workspace_size(ctx.get(), 2, 3, 2, 16, 0, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT, "rope_dim");
+    EXPECT_FAIL(mla_attention_workspace_size(ctx.get(), 2, 3, 2, 16, 7, &mb, &wb), MLA_ERROR_INVALID_ARGUMENT, "rope_dim");
     CHECK_EQ(mb, size_t(777));
     CHECK_EQ(wb, size_t(777));
-    REQUIRE_OK(mla_attention_workspace_size(ctx.get(), 2, 3, 2, 16, &mb, nullptr));
-    REQUIRE_OK(mla_attention_workspace_size(ctx.get(), 2, 3, 2, 16, nullptr, &wb));
+    REQUIRE_OK(mla_attention_workspace_size(ctx.get(), 2, 3, 2, 16, 8, &mb, nullptr));
+    REQUIRE_OK(mla_attention_workspace_size(ctx.get(), 2, 3, 2, 16, 8, nullptr, &wb));
     size_t mb2 = 0, wb2 = 0;
-    REQUIRE_OK(mla_attention_workspace_size(ctx.get(), 64, 300, 16, 512, &mb2, &wb2));
+    REQUIRE_OK(mla_attention_workspace_size(ctx.get(), 64, 300, 16, 512, 64, &mb2, &wb2));
     CHECK(mb2 >= mb);
     CHECK(wb2 >= wb);
 }
@@ -601,7 +603,7 @@ MLA_TEST(attention_workspace_size_bad_args) {
 MLA_TEST(attention_plan_run_bad_args) {
     ContextPtr ctx = make_context(MLA_SIMD_AUTO, 2);
     size_t mb = 0, wb = 0;
-    REQUIRE_OK(mla_attention_workspace_size(ctx.get(), 2, 3, 2, 16, &mb, &wb));
+    REQUIRE_OK(mla_attention_workspace_size(ctx.get(), 2, 3, 2, 16, 8, &mb, &wb));
     std::vector<uint8_t> meta(mb + 1, 0), ws(wb + 1, 0);
     {
         AttnFixture f;  // the fixture itself is valid

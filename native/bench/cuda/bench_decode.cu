@@ -458,7 +458,7 @@ int main(int argc, char** argv) {
         p.out = d_out;
         p.lse = d_lse;
         const size_t mdb = be->attention_metadata_bytes(s.B, T, s.H, 512);
-        const size_t wsb = be->attention_workspace_bytes(s.B, T, s.H, 512);
+        const size_t wsb = be->attention_workspace_bytes(s.B, T, s.H, 512, 64);
         void *d_md, *d_ws;
         CK(cudaMalloc(&d_md, mdb));
         CK(cudaMalloc(&d_ws, wsb));

@@ -84,14 +84,8 @@ size_t CpuBackend::attention_metadata_bytes(int32_t max_seqs, int32_t max_tokens
     return metadata_size(u, u + max_partials(threads()));
 }
 
-size_t CpuBackend::attention_workspace_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
-                                             int32_t dc) const {
-    // The rope width is not an argument: reserve scratch for dr up to max(dc, 64) (DeepSeek: 64).
-    return attention_workspace_bytes_for(max_seqs, max_tokens, heads, dc, std::max(dc, 64));
-}
-
-size_t CpuBackend::attention_workspace_bytes_for(int32_t, int32_t, int32_t heads, int32_t dc,
-                                                 int32_t dr) const {
+size_t CpuBackend::attention_workspace_bytes(int32_t, int32_t, int32_t heads, int32_t dc,
+                                             int32_t dr) const {
     const int64_t partial = max_partials(threads()) * max_rows(heads) * (dc + 1);
     const int64_t scratch = int64_t(threads()) * scratch_floats(dc, dr);
     return size_t(partial + scratch) * sizeof(float);

@@ -36,11 +36,7 @@ public:
     size_t attention_metadata_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
                                     int32_t dc) const override;
     size_t attention_workspace_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
-                                     int32_t dc) const override;
-    // The workspace attention_run needs for a known rope width dr (the ABI's size reserves one
-    // for dr <= max(dc, 64) only); the layer sizes its own workspace with it.
-    size_t attention_workspace_bytes_for(int32_t max_seqs, int32_t max_tokens, int32_t heads,
-                                         int32_t dc, int32_t dr) const;
+                                     int32_t dc, int32_t dr) const override;
     void attention_plan(const AttentionParams& p, void* metadata, size_t metadata_bytes,
                         void* stream) override;
     void attention_run(const AttentionParams& p, const void* metadata, size_t metadata_bytes,

@@ -139,7 +139,7 @@ void CpuLayer::forward(const BatchDesc& batch, const CacheDesc& cache, const voi
     bf.cache_lens.resize(size_t(B));
     bf.meta.resize(be_.attention_metadata_bytes(int32_t(B), int32_t(C), int32_t(Hs), int32_t(dc)));
     bf.compress_scratch.resize(size_t(be_.compress_scratch_floats(dc, dr)));
-    bf.ws.resize((be_.attention_workspace_bytes_for(int32_t(B), int32_t(C), int32_t(Hs), int32_t(dc),
+    bf.ws.resize((be_.attention_workspace_bytes(int32_t(B), int32_t(C), int32_t(Hs), int32_t(dc),
                                                     int32_t(dr)) + 3) / 4);
 
     const size_t hsz = hidden_dtype == DType::BF16 ? 2 : 4, osz = out_dtype == DType::BF16 ? 2 : 4;

@@ -159,7 +159,7 @@ public:
         return cuda::attention_metadata_bytes(dev_, max_seqs, max_tokens, heads, dc);
     }
     size_t attention_workspace_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
-                                     int32_t dc) const override {
+                                     int32_t dc, int32_t /*dr: partials hold latents only*/) const override {
         return cuda::attention_workspace_bytes(dev_, max_seqs, max_tokens, heads, dc);
     }
     void attention_plan(const AttentionParams& p, void* metadata, size_t metadata_bytes,

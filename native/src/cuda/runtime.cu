@@ -52,8 +52,8 @@ public:
         return inner_->attention_metadata_bytes(max_seqs, max_tokens, heads, dc);
     }
     size_t attention_workspace_bytes(int32_t max_seqs, int32_t max_tokens, int32_t heads,
-                                     int32_t dc) const override {
-        return inner_->attention_workspace_bytes(max_seqs, max_tokens, heads, dc);
+                                     int32_t dc, int32_t dr) const override {
+        return inner_->attention_workspace_bytes(max_seqs, max_tokens, heads, dc, dr);
     }
     void attention_plan(const AttentionParams& p, void* metadata, size_t metadata_bytes,
                         void* stream) override {

@@ -218,7 +218,7 @@ void run_case(Backend* be, const Case& c, std::mt19937& rng) {
 
     // Buffers sized for a larger maximum than this batch, as an engine would.
     const size_t mdb = be->attention_metadata_bytes(c.B + 5, T + 7, c.H, c.dc);
-    const size_t wsb = be->attention_workspace_bytes(c.B + 5, T + 7, c.H, c.dc);
+    const size_t wsb = be->attention_workspace_bytes(c.B + 5, T + 7, c.H, c.dc, c.dr);
     DevBuf d_md(be, mdb), d_ws(be, wsb);
 
     std::vector<double> ref_out, ref_lse;
@@ -348,7 +348,7 @@ void test_attention_errors(Backend* be) {
     p.out = d_out.p;
     p.lse = d_lse.as<float>();
     const size_t mdb = be->attention_metadata_bytes(1, 1, 128, 512);
-    const size_t wsb = be->attention_workspace_bytes(1, 1, 128, 512);
+    const size_t wsb = be->attention_workspace_bytes(1, 1, 128, 512, 64);
     DevBuf d_md(be, mdb), d_ws(be, wsb);
     auto status_of = [](auto&& f) -> mla_status {
         try {
@@ -423,7 +423,7 @@ void test_graph_capture(Backend* be) {
     p.out = d_out.p;
     p.lse = d_lse.as<float>();
     const size_t mdb = be->attention_metadata_bytes(B, B, H, 512);
-    const size_t wsb = be->attention_workspace_bytes(B, B, H, 512);
+    const size_t wsb = be->attention_workspace_bytes(B, B, H, 512, 64);
     DevBuf d_md(be, mdb), d_ws(be, wsb);
     cudaStream_t st;
     cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);

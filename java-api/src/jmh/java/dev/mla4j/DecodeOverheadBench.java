@@ -66,7 +66,7 @@ public class DecodeOverheadBench {
         ctx = MlaContext.cpu(1);
         arena = Arena.ofShared();
         cache = LatentCache.create(ctx, cfg, DType.BF16, 64, 4);
-        attention = Attention.create(ctx, 1, 1, heads, dc);
+        attention = Attention.create(ctx, 1, 1, heads, dc, dr);
         Random rnd = new Random(1);
         MemorySegment norm = arena.allocate(ValueLayout.JAVA_FLOAT, dc);
         for (int i = 0; i < dc; i++) {
@@ -91,7 +91,7 @@ public class DecodeOverheadBench {
         rawOut = arena.allocate(ValueLayout.JAVA_FLOAT, (long) heads * dc);
         MemorySegment meta = arena.allocate(ValueLayout.JAVA_LONG);
         MemorySegment ws = arena.allocate(ValueLayout.JAVA_LONG);
-        check(Mla.mla_attention_workspace_size(rawCtx, 1, 1, heads, dc, meta, ws));
+        check(Mla.mla_attention_workspace_size(rawCtx, 1, 1, heads, dc, dr, meta, ws));
         metadata = arena.allocate(Math.max(1, meta.get(ValueLayout.JAVA_LONG, 0)), 64);
         workspace = arena.allocate(Math.max(1, ws.get(ValueLayout.JAVA_LONG, 0)), 64);
         rawParams = mla_attention_params.allocate(arena);

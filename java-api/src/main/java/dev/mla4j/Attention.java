@@ -30,6 +30,7 @@ public final class Attention extends NativeResource {
     private final int maxNumTokens;
     private final int numHeads;
     private final int kvLoraRank;
+    private final int ropeDim;
     private final MemorySegment metadata;
     private final MemorySegment workspace;
     private final MemorySegment params;
@@ -37,25 +38,27 @@ public final class Attention extends NativeResource {
     private long plans;
 
     private Attention(MlaContext context, Arena arena, int maxNumSeqs, int maxNumTokens, int numHeads, int kvLoraRank,
-                      long metadataBytes, long workspaceBytes) {
+                      int ropeDim, long metadataBytes, long workspaceBytes) {
         super("Attention", arena, MemorySegment.NULL, s -> { });
         this.context = context;
         this.maxNumSeqs = maxNumSeqs;
         this.maxNumTokens = maxNumTokens;
         this.numHeads = numHeads;
         this.kvLoraRank = kvLoraRank;
+        this.ropeDim = ropeDim;
         this.metadata = arena.allocate(Math.max(1, metadataBytes), 64);
         this.workspace = arena.allocate(Math.max(1, workspaceBytes), 64);
         this.params = mla_attention_params.allocate(arena);
     }
 
     /**
-     * Allocates the metadata and workspace for batches up to the given sizes (CPU contexts; the
-     * buffers live in host memory).
+     * Allocates the metadata and workspace for batches up to the given sizes over caches of
+     * {@code kvLoraRank + ropeDim} values per token (CPU contexts; the buffers live in host memory).
      *
      * @throws MlaException INVALID_ARGUMENT for non-positive sizes; UNSUPPORTED for a CUDA context
      */
-    public static Attention create(MlaContext context, int maxNumSeqs, int maxNumTokens, int numHeads, int kvLoraRank) {
+    public static Attention create(MlaContext context, int maxNumSeqs, int maxNumTokens, int numHeads, int kvLoraRank,
+                                   int ropeDim) {
         Objects.requireNonNull(context, "context");
         if (context.backend() != MlaContext.Backend.CPU) {
             throw new MlaException(MlaException.Status.UNSUPPORTED,
@@ -68,8 +71,8 @@ public final class Attention extends NativeResource {
             MemorySegment meta = tmp.allocate(ValueLayout.JAVA_LONG);
             MemorySegment ws = tmp.allocate(ValueLayout.JAVA_LONG);
             Native.check(Mla.mla_attention_workspace_size(context.handle(), maxNumSeqs, maxNumTokens, numHeads, kvLoraRank,
-                    meta, ws), "mla_attention_workspace_size");
-            Attention a = new Attention(context, arena, maxNumSeqs, maxNumTokens, numHeads, kvLoraRank,
+                    ropeDim, meta, ws), "mla_attention_workspace_size");
+            Attention a = new Attention(context, arena, maxNumSeqs, maxNumTokens, numHeads, kvLoraRank, ropeDim,
                     meta.get(ValueLayout.JAVA_LONG, 0), ws.get(ValueLayout.JAVA_LONG, 0));
             made = a;
             return a;
@@ -207,6 +210,10 @@ public final class Attention extends NativeResource {
         requireType(qDtype, "qDtype");
         requireType(outDtype, "outDtype");
         LatentCache cache = batch.cache();
+        if (cache.kvLoraRank() != kvLoraRank || cache.ropeDim() != ropeDim) {
+            throw new IllegalArgumentException("batch: its cache holds kv_lora_rank " + cache.kvLoraRank() + " + rope_dim "
+                    + cache.ropeDim() + ", this Attention was sized for " + kvLoraRank + " + " + ropeDim);
+        }
         long th = (long) batch.numTokens() * numHeads;
         Native.requireNative(q, "q", th * (cache.kvLoraRank() + cache.ropeDim()) * qDtype.byteSize());
         Native.requireWritable(out, "out", th * cache.kvLoraRank() * outDtype.byteSize());

@@ -77,7 +77,7 @@ class AttentionTest {
             Random rnd = new Random(3);
             int prefill = 64;
             try (LatentCache cache = LatentCache.create(ctx, cfg, DType.F32, 16, 5);
-                 Attention attn = Attention.create(ctx, 4, prefill, h, dc)) {
+                 Attention attn = Attention.create(ctx, 4, prefill, h, dc, dr)) {
                 assertTrue(attn.workspaceBytes() > 0 || attn.metadataBytes() > 0);
                 int id = cache.addSequence();
                 int done = 0;

@@ -37,7 +37,7 @@ class CloseWhileInUseTest {
         final int heads = 128, dc = 512, dr = 64, blockSize = 64, numBlocks = 256, cached = 16000;
         try (MlaContext ctx = MlaContext.cpu(1); Arena arena = Arena.ofShared()) {
             LatentCache cache = LatentCache.create(ctx, DType.F32, blockSize, numBlocks, dc, dr);
-            Attention attn = Attention.create(ctx, 1, 1, heads, dc);
+            Attention attn = Attention.create(ctx, 1, 1, heads, dc, dr);
             int id = cache.addSequence();
             cache.reserve(id, cached);
             cache.advance(id, cached);

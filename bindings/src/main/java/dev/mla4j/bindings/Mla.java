@@ -1661,6 +1661,7 @@ public class Mla extends Mla$shared {
             Mla.C_INT,
             Mla.C_INT,
             Mla.C_INT,
+            Mla.C_INT,
             Mla.C_POINTER,
             Mla.C_POINTER
         );
@@ -1673,7 +1674,7 @@ public class Mla extends Mla$shared {
     /**
      * Function descriptor for:
      * {@snippet lang=c :
-     * mla_status mla_attention_workspace_size(mla_context *context, int32_t max_num_seqs, int32_t max_num_tokens, int32_t num_heads, int32_t kv_lora_rank, size_t *metadata_bytes, size_t *workspace_bytes)
+     * mla_status mla_attention_workspace_size(mla_context *context, int32_t max_num_seqs, int32_t max_num_tokens, int32_t num_heads, int32_t kv_lora_rank, int32_t rope_dim, size_t *metadata_bytes, size_t *workspace_bytes)
      * }
      */
     public static FunctionDescriptor mla_attention_workspace_size$descriptor() {
@@ -1683,7 +1684,7 @@ public class Mla extends Mla$shared {
     /**
      * Downcall method handle for:
      * {@snippet lang=c :
-     * mla_status mla_attention_workspace_size(mla_context *context, int32_t max_num_seqs, int32_t max_num_tokens, int32_t num_heads, int32_t kv_lora_rank, size_t *metadata_bytes, size_t *workspace_bytes)
+     * mla_status mla_attention_workspace_size(mla_context *context, int32_t max_num_seqs, int32_t max_num_tokens, int32_t num_heads, int32_t kv_lora_rank, int32_t rope_dim, size_t *metadata_bytes, size_t *workspace_bytes)
      * }
      */
     public static MethodHandle mla_attention_workspace_size$handle() {
@@ -1693,7 +1694,7 @@ public class Mla extends Mla$shared {
     /**
      * Address for:
      * {@snippet lang=c :
-     * mla_status mla_attention_workspace_size(mla_context *context, int32_t max_num_seqs, int32_t max_num_tokens, int32_t num_heads, int32_t kv_lora_rank, size_t *metadata_bytes, size_t *workspace_bytes)
+     * mla_status mla_attention_workspace_size(mla_context *context, int32_t max_num_seqs, int32_t max_num_tokens, int32_t num_heads, int32_t kv_lora_rank, int32_t rope_dim, size_t *metadata_bytes, size_t *workspace_bytes)
      * }
      */
     public static MemorySegment mla_attention_workspace_size$address() {
@@ -1702,16 +1703,16 @@ public class Mla extends Mla$shared {
 
     /**
      * {@snippet lang=c :
-     * mla_status mla_attention_workspace_size(mla_context *context, int32_t max_num_seqs, int32_t max_num_tokens, int32_t num_heads, int32_t kv_lora_rank, size_t *metadata_bytes, size_t *workspace_bytes)
+     * mla_status mla_attention_workspace_size(mla_context *context, int32_t max_num_seqs, int32_t max_num_tokens, int32_t num_heads, int32_t kv_lora_rank, int32_t rope_dim, size_t *metadata_bytes, size_t *workspace_bytes)
      * }
      */
-    public static int mla_attention_workspace_size(MemorySegment context, int max_num_seqs, int max_num_tokens, int num_heads, int kv_lora_rank, MemorySegment metadata_bytes, MemorySegment workspace_bytes) {
+    public static int mla_attention_workspace_size(MemorySegment context, int max_num_seqs, int max_num_tokens, int num_heads, int kv_lora_rank, int rope_dim, MemorySegment metadata_bytes, MemorySegment workspace_bytes) {
         var mh$ = mla_attention_workspace_size.HANDLE;
         try {
             if (TRACE_DOWNCALLS) {
-                traceDowncall("mla_attention_workspace_size", context, max_num_seqs, max_num_tokens, num_heads, kv_lora_rank, metadata_bytes, workspace_bytes);
+                traceDowncall("mla_attention_workspace_size", context, max_num_seqs, max_num_tokens, num_heads, kv_lora_rank, rope_dim, metadata_bytes, workspace_bytes);
             }
-            return (int)mh$.invokeExact(context, max_num_seqs, max_num_tokens, num_heads, kv_lora_rank, metadata_bytes, workspace_bytes);
+            return (int)mh$.invokeExact(context, max_num_seqs, max_num_tokens, num_heads, kv_lora_rank, rope_dim, metadata_bytes, workspace_bytes);
         } catch (Error | RuntimeException ex) {
            throw ex;
         } catch (Throwable ex$) {
