@@ -375,7 +375,7 @@ MLA_API mla_status mla_context_create(const mla_context_options* options, mla_co
         if (o.device < 0) invalid(fn, "options.device = ", o.device, ", must be >= 0");
         auto ctx = std::make_unique<mla_context>();
         ctx->backend = o.backend == MLA_BACKEND_CPU ? mla::make_cpu_backend(o.num_threads, o.simd)
-                                                    : mla::make_cuda_runtime_backend(o.device);
+                                                    : mla::make_cuda_backend(o.device);
         *out = ctx.release();
     });
 }

@@ -187,8 +187,5 @@ private:
 // Factories. make_cuda_backend throws Error(MLA_ERROR_UNSUPPORTED) in builds without CUDA.
 std::unique_ptr<Backend> make_cpu_backend(int32_t num_threads, int32_t simd);
 std::unique_ptr<Backend> make_cuda_backend(int32_t device);
-// The CUDA backend with streams, pointer checks and memory figures (cuda/runtime.cu); what
-// mla_context_create uses. Throws like make_cuda_backend.
-std::unique_ptr<Backend> make_cuda_runtime_backend(int32_t device);
 
 }  // namespace mla

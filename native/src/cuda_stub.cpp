@@ -9,8 +9,4 @@ std::unique_ptr<Backend> make_cuda_backend(int32_t device) {
                     std::to_string(device) + ": this libmla was built without CUDA");
 }
 
-std::unique_ptr<Backend> make_cuda_runtime_backend(int32_t device) {
-    return make_cuda_backend(device);
-}
-
 }  // namespace mla

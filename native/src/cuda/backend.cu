@@ -180,6 +180,59 @@ public:
         return make_layer(dev_, spec, w);
     }
 
+    // Streams, pointer checks and memory figures (mla_stream_*, mla_buffer_wrap,
+    // mla_context_memory_info).
+    void* stream_create(const char* fn) override {
+        DeviceGuard g(dev_.device);
+        cudaStream_t s = nullptr;
+        check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
+              (std::string(fn) + ": cudaStreamCreateWithFlags").c_str());
+        return s;
+    }
+
+    void stream_destroy(void* stream) noexcept override {
+        if (!stream) return;
+        int prev = -1;
+        if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
+        if (prev != dev_.device) cudaSetDevice(dev_.device);
+        cudaStreamDestroy(as_stream(stream));
+        if (prev >= 0 && prev != dev_.device) cudaSetDevice(prev);
+        cudaGetLastError();
+    }
+
+    void stream_synchronize(const char* fn, void* stream) override {
+        DeviceGuard g(dev_.device);
+        check(cudaStreamSynchronize(as_stream(stream)),
+              (std::string(fn) + ": cudaStreamSynchronize").c_str());
+    }
+
+    void memory_info(const char* fn, size_t* free, size_t* total) override {
+        DeviceGuard g(dev_.device);
+        check(cudaMemGetInfo(free, total), (std::string(fn) + ": cudaMemGetInfo").c_str());
+    }
+
+    // Device or managed memory of this context's device; host (registered or not) and other
+    // devices' memory are refused.
+    void check_backend_pointer(const char* fn, const char* arg, const void* p) override {
+        if (!p) throw Error(MLA_ERROR_INVALID_ARGUMENT, std::string(fn) + ": " + arg + " is NULL");
+        char addr[32];
+        std::snprintf(addr, sizeof addr, "%p", p);
+        const std::string what = std::string(fn) + ": " + arg + " = " + addr;
+        const std::string want = "device memory of cuda:" + std::to_string(dev_.device);
+        cudaPointerAttributes attr{};
+        const cudaError_t e = cudaPointerGetAttributes(&attr, p);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            throw Error(MLA_ERROR_INVALID_ARGUMENT, what + " is not a pointer the CUDA runtime knows (" +
+                                                        cudaGetErrorString(e) + "); expected " + want);
+        }
+        if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+            throw Error(MLA_ERROR_INVALID_ARGUMENT, what + " is host memory; a CUDA context needs " + want);
+        if (attr.type == cudaMemoryTypeDevice && attr.device != dev_.device)
+            throw Error(MLA_ERROR_INVALID_ARGUMENT, what + " is memory of cuda:" +
+                                                        std::to_string(attr.device) + ", expected " + want);
+    }
+
 private:
     DeviceInfo dev_;
     std::string name_;
