@@ -8,6 +8,7 @@
 // peak.
 //
 // usage: mla-bench-cpu [--quick] [--threads N] [--csv FILE]
+//        mla-bench-cpu --call-overhead   (ns per C call at the JMH benchmark's shape)
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -382,6 +383,45 @@ Row bench_layer(mla_context* ctx, const char* simd_name, int32_t B, int32_t L, d
 
 }  // namespace
 
+// The C side of the Java API's per-call overhead (java-api's JMH DecodeOverheadBench uses the same
+// shape): one mla_attention_run on a 1-thread context for 1 sequence, 1 query token, `keys`
+// cached keys, latent 512 + rope 64, bf16 cache, f32 q/out. Returns ns per call.
+double call_ns(int32_t heads, int32_t keys) {
+    ContextPtr ctx = make_context(MLA_SIMD_AUTO, 1);
+    const size_t entry = kDc + kDr;
+    std::vector<uint16_t> cache(size_t(kBlock) * entry);
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    for (auto& x : cache) x = to_bf16(u(rng));
+    std::vector<float> q(size_t(heads) * entry), out(size_t(heads) * kDc);
+    for (auto& x : q) x = u(rng);
+    int32_t qo[2] = {0, 1}, len = keys, table = 0;
+    mla_attention_params p;
+    CALL(mla_attention_params_init(&p));
+    p.num_seqs = 1;
+    p.num_tokens = 1;
+    p.num_heads = heads;
+    p.block_table_stride = 1;
+    p.softmax_scale = 0.1352f;
+    p.q = q.data();
+    p.qo_indptr = qo;
+    p.seq_lens = &len;
+    p.block_table = &table;
+    p.cache.data = cache.data();
+    p.cache.dtype = MLA_DTYPE_BF16;
+    p.cache.num_blocks = 1;
+    p.cache.block_size = kBlock;
+    p.cache.kv_lora_rank = kDc;
+    p.cache.rope_dim = kDr;
+    p.out = out.data();
+    size_t mb = 0, wb = 0;
+    CALL(mla_attention_workspace_size(ctx.get(), 1, 1, heads, kDc, kDr, &mb, &wb));
+    std::vector<uint8_t> meta(std::max<size_t>(mb, 1)), ws(std::max<size_t>(wb, 1));
+    CALL(mla_attention_plan(ctx.get(), &p, meta.data(), mb, nullptr));
+    return 1e9 * time_call([&] { CALL(mla_attention_run(ctx.get(), &p, meta.data(), mb, ws.data(), wb, nullptr)); },
+                           0.3, 100000000);
+}
+
 int main(int argc, char** argv) {
     bool quick = false;
     int threads = 0;
@@ -391,8 +431,13 @@ int main(int argc, char** argv) {
         if (a == "--quick") quick = true;
         else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
         else if (a == "--csv" && i + 1 < argc) csv = argv[++i];
-        else {
-            std::fprintf(stderr, "usage: mla-bench-cpu [--quick] [--threads N] [--csv FILE]\n");
+        else if (a == "--call-overhead") {
+            // ns per mla_attention_run at the shape of java-api's JMH DecodeOverheadBench
+            for (int32_t h : {1, 16})
+                std::printf("mla_attention_run, 1-thread context, heads %d, 16 keys: %.1f ns/call\n", h, call_ns(h, 16));
+            return 0;
+        } else {
+            std::fprintf(stderr, "usage: mla-bench-cpu [--quick] [--threads N] [--csv FILE] | --call-overhead\n");
             return a == "--help" ? 0 : 2;
         }
     }
