@@ -64,24 +64,16 @@ public final class Attention extends NativeResource {
             throw new MlaException(MlaException.Status.UNSUPPORTED,
                     "Attention: device buffers for CUDA contexts are not available from Java yet");
         }
-        context.beginChild();  // the context refuses to close until endChild
-        Arena arena = Arena.ofShared();
-        Attention made = null;
-        try (Arena tmp = Arena.ofConfined()) {
-            MemorySegment meta = tmp.allocate(ValueLayout.JAVA_LONG);
-            MemorySegment ws = tmp.allocate(ValueLayout.JAVA_LONG);
-            Native.check(Mla.mla_attention_workspace_size(context.handle(), maxNumSeqs, maxNumTokens, numHeads, kvLoraRank,
-                    ropeDim, meta, ws), "mla_attention_workspace_size");
-            Attention a = new Attention(context, arena, maxNumSeqs, maxNumTokens, numHeads, kvLoraRank, ropeDim,
-                    meta.get(ValueLayout.JAVA_LONG, 0), ws.get(ValueLayout.JAVA_LONG, 0));
-            made = a;
-            return a;
-        } catch (RuntimeException e) {
-            arena.close();
-            throw e;
-        } finally {
-            context.endChild(made);
-        }
+        return context.createChild(arena -> {  // the context refuses to close meanwhile
+            try (Arena tmp = Arena.ofConfined()) {
+                MemorySegment meta = tmp.allocate(ValueLayout.JAVA_LONG);
+                MemorySegment ws = tmp.allocate(ValueLayout.JAVA_LONG);
+                Native.check(Mla.mla_attention_workspace_size(context.handle(), maxNumSeqs, maxNumTokens, numHeads,
+                        kvLoraRank, ropeDim, meta, ws), "mla_attention_workspace_size");
+                return new Attention(context, arena, maxNumSeqs, maxNumTokens, numHeads, kvLoraRank, ropeDim,
+                        meta.get(ValueLayout.JAVA_LONG, 0), ws.get(ValueLayout.JAVA_LONG, 0));
+            }
+        });
     }
 
     public int numHeads() {

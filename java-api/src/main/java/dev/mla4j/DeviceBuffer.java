@@ -70,33 +70,26 @@ public final class DeviceBuffer extends NativeResource {
     }
 
     private static DeviceBuffer make(MlaContext context, long address, long byteSize, boolean owned) {
-        context.beginChild();
-        Arena arena = Arena.ofShared();
-        DeviceBuffer made = null;
-        try (Arena tmp = Arena.ofConfined()) {
-            MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
-            if (owned) {
-                Native.check(Mla.mla_buffer_create(context.handle(), byteSize, out), "mla_buffer_create");
-            } else {
-                Native.check(Mla.mla_buffer_wrap(context.handle(), MemorySegment.ofAddress(address), byteSize, out),
-                        "mla_buffer_wrap");
+        return context.createChild(arena -> {  // the context refuses to close meanwhile
+            try (Arena tmp = Arena.ofConfined()) {
+                MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
+                if (owned) {
+                    Native.check(Mla.mla_buffer_create(context.handle(), byteSize, out), "mla_buffer_create");
+                } else {
+                    Native.check(Mla.mla_buffer_wrap(context.handle(), MemorySegment.ofAddress(address), byteSize, out),
+                            "mla_buffer_wrap");
+                }
+                MemorySegment raw = out.get(ValueLayout.ADDRESS, 0);
+                MemorySegment ptr = tmp.allocate(ValueLayout.ADDRESS);
+                int st = Mla.mla_buffer_data(raw, ptr, MemorySegment.NULL);
+                if (st != 0) {
+                    String msg = Native.lastError();
+                    Mla.mla_buffer_destroy(raw);
+                    throw new MlaException(st, "mla_buffer_data", msg);
+                }
+                return new DeviceBuffer(context, arena, raw, ptr.get(ValueLayout.ADDRESS, 0).address(), byteSize, owned);
             }
-            MemorySegment raw = out.get(ValueLayout.ADDRESS, 0);
-            MemorySegment ptr = tmp.allocate(ValueLayout.ADDRESS);
-            int st = Mla.mla_buffer_data(raw, ptr, MemorySegment.NULL);
-            if (st != 0) {
-                String msg = Native.lastError();
-                Mla.mla_buffer_destroy(raw);
-                throw new MlaException(st, "mla_buffer_data", msg);
-            }
-            made = new DeviceBuffer(context, arena, raw, ptr.get(ValueLayout.ADDRESS, 0).address(), byteSize, owned);
-            return made;
-        } catch (RuntimeException e) {
-            arena.close();
-            throw e;
-        } finally {
-            context.endChild(made);
-        }
+        });
     }
 
     public MlaContext context() {

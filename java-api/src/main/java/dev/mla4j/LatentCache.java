@@ -100,29 +100,21 @@ public final class LatentCache extends NativeResource {
         if (numBlocks < 1) {
             throw new IllegalArgumentException("numBlocks = " + numBlocks + " must be >= 1");
         }
-        context.beginChild();  // the context refuses to close until endChild
-        Arena arena = Arena.ofShared();
-        LatentCache made = null;
-        try (Arena tmp = Arena.ofConfined()) {
-            MemorySegment opts = mla_cache_options.allocate(tmp);
-            Native.check(Mla.mla_cache_options_init(opts), "mla_cache_options_init");
-            mla_cache_options.dtype(opts, dtype.mlaCode());
-            mla_cache_options.block_size(opts, blockSize);
-            mla_cache_options.num_blocks(opts, numBlocks);
-            mla_cache_options.kv_lora_rank(opts, kvLoraRank);
-            mla_cache_options.rope_dim(opts, ropeDim);
-            MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
-            Native.check(Mla.mla_cache_create(context.handle(), opts, out), "mla_cache_create");
-            LatentCache cache = new LatentCache(context, arena, out.get(ValueLayout.ADDRESS, 0), dtype, blockSize,
-                    numBlocks, kvLoraRank, ropeDim);
-            made = cache;
-            return cache;
-        } catch (RuntimeException e) {
-            arena.close();
-            throw e;
-        } finally {
-            context.endChild(made);
-        }
+        return context.createChild(arena -> {  // the context refuses to close meanwhile
+            try (Arena tmp = Arena.ofConfined()) {
+                MemorySegment opts = mla_cache_options.allocate(tmp);
+                Native.check(Mla.mla_cache_options_init(opts), "mla_cache_options_init");
+                mla_cache_options.dtype(opts, dtype.mlaCode());
+                mla_cache_options.block_size(opts, blockSize);
+                mla_cache_options.num_blocks(opts, numBlocks);
+                mla_cache_options.kv_lora_rank(opts, kvLoraRank);
+                mla_cache_options.rope_dim(opts, ropeDim);
+                MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
+                Native.check(Mla.mla_cache_create(context.handle(), opts, out), "mla_cache_create");
+                return new LatentCache(context, arena, out.get(ValueLayout.ADDRESS, 0), dtype, blockSize,
+                        numBlocks, kvLoraRank, ropeDim);
+            }
+        });
     }
 
     public MlaContext context() {

@@ -7,6 +7,7 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Set;
+import java.util.function.Function;
 import java.util.concurrent.ConcurrentHashMap;
 
 /**
@@ -166,7 +167,7 @@ public final class MlaContext extends NativeResource {
      *
      * @throws IllegalStateException the context is closed or closing
      */
-    void beginChild() {
+    private void beginChild() {
         synchronized (childLock) {
             if (closing) {
                 throw new IllegalStateException("MlaContext is closed");
@@ -176,8 +177,28 @@ public final class MlaContext extends NativeResource {
         }
     }
 
+    /**
+     * Creates a child resource (layer, cache, attention workspace, buffer, stream) that owns a new
+     * shared arena: the context refuses to close until the child is registered, and the arena is
+     * closed when the creation fails.
+     */
+    <T extends NativeResource> T createChild(Function<Arena, T> create) {
+        beginChild();
+        Arena arena = Arena.ofShared();
+        T made = null;
+        try {
+            made = create.apply(arena);
+            return made;
+        } catch (RuntimeException e) {
+            arena.close();
+            throw e;
+        } finally {
+            endChild(made);
+        }
+    }
+
     /** Ends a {@link #beginChild}: registers child, or nothing (null) when the creation failed. */
-    void endChild(NativeResource child) {
+    private void endChild(NativeResource child) {
         synchronized (childLock) {
             pendingChildren--;
             if (child != null) {

@@ -80,41 +80,33 @@ public final class MlaLayer extends NativeResource {
         long h = config.numHeads();
         long d = config.hiddenSize();
         long qk = config.qkNopeHeadDim() + config.qkRopeHeadDim();
-        context.beginChild();  // the context refuses to close until endChild
-        Arena arena = Arena.ofShared();
-        MlaLayer made = null;
-        try (Arena tmp = Arena.ofConfined()) {
-            MemorySegment w = mla_layer_weights.allocate(tmp);
-            Native.check(Mla.mla_layer_weights_init(w), "mla_layer_weights_init");
-            if (config.hasQueryCompression()) {
-                fill(tmp, weights, "q_a_proj", w, mla_layer_weights.q_a_proj$offset(), config.qLoraRank(), d);
-                fill(tmp, weights, "q_a_layernorm", w, mla_layer_weights.q_a_layernorm$offset(), config.qLoraRank(), 0);
-                fill(tmp, weights, "q_b_proj", w, mla_layer_weights.q_b_proj$offset(), h * qk, config.qLoraRank());
-            } else {
-                fill(tmp, weights, "q_proj", w, mla_layer_weights.q_proj$offset(), h * qk, d);
-            }
-            fill(tmp, weights, "kv_a_proj_with_mqa", w, mla_layer_weights.kv_a_proj_with_mqa$offset(),
-                    config.kvLoraRank() + config.qkRopeHeadDim(), d);
-            fill(tmp, weights, "kv_a_layernorm", w, mla_layer_weights.kv_a_layernorm$offset(), config.kvLoraRank(), 0);
-            fill(tmp, weights, "kv_b_proj", w, mla_layer_weights.kv_b_proj$offset(),
-                    h * (config.qkNopeHeadDim() + config.vHeadDim()), config.kvLoraRank());
-            fill(tmp, weights, "o_proj", w, mla_layer_weights.o_proj$offset(), d, h * config.vHeadDim());
+        return context.createChild(arena -> {  // the context refuses to close meanwhile
+            try (Arena tmp = Arena.ofConfined()) {
+                MemorySegment w = mla_layer_weights.allocate(tmp);
+                Native.check(Mla.mla_layer_weights_init(w), "mla_layer_weights_init");
+                if (config.hasQueryCompression()) {
+                    fill(tmp, weights, "q_a_proj", w, mla_layer_weights.q_a_proj$offset(), config.qLoraRank(), d);
+                    fill(tmp, weights, "q_a_layernorm", w, mla_layer_weights.q_a_layernorm$offset(), config.qLoraRank(), 0);
+                    fill(tmp, weights, "q_b_proj", w, mla_layer_weights.q_b_proj$offset(), h * qk, config.qLoraRank());
+                } else {
+                    fill(tmp, weights, "q_proj", w, mla_layer_weights.q_proj$offset(), h * qk, d);
+                }
+                fill(tmp, weights, "kv_a_proj_with_mqa", w, mla_layer_weights.kv_a_proj_with_mqa$offset(),
+                        config.kvLoraRank() + config.qkRopeHeadDim(), d);
+                fill(tmp, weights, "kv_a_layernorm", w, mla_layer_weights.kv_a_layernorm$offset(), config.kvLoraRank(), 0);
+                fill(tmp, weights, "kv_b_proj", w, mla_layer_weights.kv_b_proj$offset(),
+                        h * (config.qkNopeHeadDim() + config.vHeadDim()), config.kvLoraRank());
+                fill(tmp, weights, "o_proj", w, mla_layer_weights.o_proj$offset(), d, h * config.vHeadDim());
 
-            MemorySegment opts = mla_layer_options.allocate(tmp);
-            Native.check(Mla.mla_layer_options_init(opts), "mla_layer_options_init");
-            mla_layer_options.head_begin(opts, headBegin);
-            mla_layer_options.head_end(opts, headEnd);
-            MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
-            Native.check(Mla.mla_layer_create(context.handle(), config.toNative(tmp), w, opts, out), "mla_layer_create");
-            MlaLayer layer = new MlaLayer(context, arena, out.get(ValueLayout.ADDRESS, 0), config, headBegin, headEnd);
-            made = layer;
-            return layer;
-        } catch (RuntimeException e) {
-            arena.close();
-            throw e;
-        } finally {
-            context.endChild(made);
-        }
+                MemorySegment opts = mla_layer_options.allocate(tmp);
+                Native.check(Mla.mla_layer_options_init(opts), "mla_layer_options_init");
+                mla_layer_options.head_begin(opts, headBegin);
+                mla_layer_options.head_end(opts, headEnd);
+                MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
+                Native.check(Mla.mla_layer_create(context.handle(), config.toNative(tmp), w, opts, out), "mla_layer_create");
+                return new MlaLayer(context, arena, out.get(ValueLayout.ADDRESS, 0), config, headBegin, headEnd);
+            }
+        });
     }
 
     /**

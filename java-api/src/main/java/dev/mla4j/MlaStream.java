@@ -33,21 +33,14 @@ public final class MlaStream extends NativeResource {
      */
     public static MlaStream create(MlaContext context) {
         Objects.requireNonNull(context, "context");
-        context.beginChild();
-        Arena arena = Arena.ofShared();
-        MlaStream made = null;
-        try (Arena tmp = Arena.ofConfined()) {
-            MemorySegment ctx = context.handle();
-            MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
-            Native.check(Mla.mla_stream_create(ctx, out), "mla_stream_create");
-            made = new MlaStream(context, arena, out.get(ValueLayout.ADDRESS, 0), ctx);
-            return made;
-        } catch (RuntimeException e) {
-            arena.close();
-            throw e;
-        } finally {
-            context.endChild(made);
-        }
+        return context.createChild(arena -> {  // the context refuses to close meanwhile
+            try (Arena tmp = Arena.ofConfined()) {
+                MemorySegment ctx = context.handle();
+                MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
+                Native.check(Mla.mla_stream_create(ctx, out), "mla_stream_create");
+                return new MlaStream(context, arena, out.get(ValueLayout.ADDRESS, 0), ctx);
+            }
+        });
     }
 
     public MlaContext context() {
