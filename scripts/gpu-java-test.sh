@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 out=${OUT:-gpu-out/java}
 mkdir -p "$out"
 dir=${MLA_GPU_JAVA_BUILD:-build-gpu-java}
+if [ ! -x .gpu-java/jre/bin/java ] && [ -f .gpu-java.tgz ]; then
+  tar -xzf .gpu-java.tgz
+fi
 if [ ! -x .gpu-java/jre/bin/java ]; then
   echo "gpu-java-test: .gpu-java/ is missing; run scripts/make-gpu-java-bundle.sh where a JDK 25 is" >&2
   exit 2

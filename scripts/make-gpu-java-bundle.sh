@@ -36,4 +36,6 @@ rm -f "$out/lib/"*bindings*.jar
 "$JAVA_HOME/bin/jlink" --add-modules java.base,jdk.unsupported,java.logging,java.xml \
   --strip-debug --no-man-pages --no-header-files --compress=zip-9 --output "$out/jre"
 
-echo "make-gpu-java-bundle: $(du -sh "$out" | cut -f1) in ${out#$root/} (JUnit Platform $platform, $("$out/jre/bin/java" -version 2>&1 | head -1))"
+# The device tool carries at most 64 MiB with the tree: the packed bundle fits, the folder does not.
+tar -C "$root" -czf "$root/.gpu-java.tgz" .gpu-java
+echo "make-gpu-java-bundle: $(du -sh "$out" | cut -f1) in ${out#$root/}, $(du -sh "$root/.gpu-java.tgz" | cut -f1) packed in .gpu-java.tgz (JUnit Platform $platform, $("$out/jre/bin/java" -version 2>&1 | head -1))"
