@@ -13,4 +13,6 @@ echo "test.sh: JAVA_HOME=$JAVA_HOME"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j2
 ctest --test-dir build --output-on-failure
+# ctest prints nothing of a skipped test: show the reasons the skipped suites gave.
+grep -h '^SKIP:' build/Testing/Temporary/LastTest.log | sed 's/^SKIP:/ctest: skipped:/' || true
 ./mvnw -B verify
