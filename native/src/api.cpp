@@ -106,6 +106,20 @@ void require(const char* fn, const void* p, const char* name) {
     if (!p) invalid(fn, name, " is NULL");
 }
 
+// The body of every *_init function: a zeroed T with struct_size set, adjusted by fill, copied to
+// *out (nothing is written when out is NULL).
+template <class T, class F>
+mla_status init_struct(const char* fn, T* out, const char* name, F&& fill) {
+    return guard(fn, [&] {
+        require(fn, out, name);
+        T v;
+        std::memset(&v, 0, sizeof v);
+        v.struct_size = sizeof v;
+        fill(v);
+        *out = v;
+    });
+}
+
 void check_struct_size(const char* fn, const char* name, uint32_t got, size_t want) {
     if (got != want)
         invalid(fn, name, "->struct_size = ", got, ", expected ", want,
@@ -276,11 +290,7 @@ MLA_API const char* mla_last_error(void) { return t_last_error.c_str(); }
 // ---- config -------------------------------------------------------------------------------------
 
 MLA_API mla_status mla_config_init(mla_config* config) {
-    return guard("mla_config_init", [&] {
-        require("mla_config_init", config, "config");
-        mla_config c;
-        std::memset(&c, 0, sizeof c);
-        c.struct_size = sizeof(mla_config);
+    return init_struct("mla_config_init", config, "config", [](mla_config& c) {
         c.hidden_size = 7168;
         c.num_heads = 128;
         c.q_lora_rank = 1536;
@@ -303,7 +313,6 @@ MLA_API mla_status mla_config_init(mla_config* config) {
         c.reserved0 = 0;
         c.rms_norm_eps = 1e-6;
         c.softmax_scale = 0.0;
-        *config = c;
     });
 }
 
@@ -342,16 +351,11 @@ MLA_API mla_status mla_config_rope_tables(const mla_config* config, const int32_
 // ---- context ------------------------------------------------------------------------------------
 
 MLA_API mla_status mla_context_options_init(mla_context_options* options) {
-    return guard("mla_context_options_init", [&] {
-        require("mla_context_options_init", options, "options");
-        mla_context_options o;
-        std::memset(&o, 0, sizeof o);
-        o.struct_size = sizeof o;
+    return init_struct("mla_context_options_init", options, "options", [](mla_context_options& o) {
         o.backend = MLA_BACKEND_CPU;
         o.device = 0;
         o.num_threads = 0;
         o.simd = MLA_SIMD_AUTO;
-        *options = o;
     });
 }
 
@@ -406,17 +410,12 @@ MLA_API mla_status mla_context_backend(const mla_context* context, int32_t* out)
 // ---- cache --------------------------------------------------------------------------------------
 
 MLA_API mla_status mla_cache_options_init(mla_cache_options* options) {
-    return guard("mla_cache_options_init", [&] {
-        require("mla_cache_options_init", options, "options");
-        mla_cache_options o;
-        std::memset(&o, 0, sizeof o);
-        o.struct_size = sizeof o;
+    return init_struct("mla_cache_options_init", options, "options", [](mla_cache_options& o) {
         o.dtype = MLA_DTYPE_BF16;
         o.block_size = 64;
         o.num_blocks = 0;
         o.kv_lora_rank = 512;
         o.rope_dim = 64;
-        *options = o;
     });
 }
 
@@ -559,15 +558,10 @@ MLA_API mla_status mla_cache_copy_blocks(mla_cache* cache, const int32_t* src_bl
 // ---- kernel level: compress ---------------------------------------------------------------------
 
 MLA_API mla_status mla_compress_params_init(mla_compress_params* params) {
-    return guard("mla_compress_params_init", [&] {
-        require("mla_compress_params_init", params, "params");
-        mla_compress_params p;
-        std::memset(&p, 0, sizeof p);
-        p.struct_size = sizeof p;
+    return init_struct("mla_compress_params_init", params, "params", [](mla_compress_params& p) {
         p.kv_a_dtype = MLA_DTYPE_F32;
         p.norm_weight_dtype = MLA_DTYPE_F32;
         p.cache.dtype = MLA_DTYPE_BF16;
-        *params = p;
     });
 }
 
@@ -632,16 +626,11 @@ MLA_API mla_status mla_compress(mla_context* context, const mla_config* config,
 // ---- kernel level: attention --------------------------------------------------------------------
 
 MLA_API mla_status mla_attention_params_init(mla_attention_params* params) {
-    return guard("mla_attention_params_init", [&] {
-        require("mla_attention_params_init", params, "params");
-        mla_attention_params p;
-        std::memset(&p, 0, sizeof p);
-        p.struct_size = sizeof p;
+    return init_struct("mla_attention_params_init", params, "params", [](mla_attention_params& p) {
         p.causal = 1;
         p.q_dtype = MLA_DTYPE_F32;
         p.out_dtype = MLA_DTYPE_F32;
         p.cache.dtype = MLA_DTYPE_BF16;
-        *params = p;
     });
 }
 
@@ -693,23 +682,11 @@ MLA_API mla_status mla_attention_run(mla_context* context, const mla_attention_p
 // ---- layer --------------------------------------------------------------------------------------
 
 MLA_API mla_status mla_layer_weights_init(mla_layer_weights* weights) {
-    return guard("mla_layer_weights_init", [&] {
-        require("mla_layer_weights_init", weights, "weights");
-        mla_layer_weights w;
-        std::memset(&w, 0, sizeof w);
-        w.struct_size = sizeof w;
-        *weights = w;
-    });
+    return init_struct("mla_layer_weights_init", weights, "weights", [](mla_layer_weights&) {});
 }
 
 MLA_API mla_status mla_layer_options_init(mla_layer_options* options) {
-    return guard("mla_layer_options_init", [&] {
-        require("mla_layer_options_init", options, "options");
-        mla_layer_options o;
-        std::memset(&o, 0, sizeof o);
-        o.struct_size = sizeof o;
-        *options = o;
-    });
+    return init_struct("mla_layer_options_init", options, "options", [](mla_layer_options&) {});
 }
 
 MLA_API mla_status mla_layer_create(mla_context* context, const mla_config* config,
@@ -762,13 +739,7 @@ MLA_API mla_status mla_layer_get_config(const mla_layer* layer, mla_config* conf
 }
 
 MLA_API mla_status mla_batch_init(mla_batch* batch) {
-    return guard("mla_batch_init", [&] {
-        require("mla_batch_init", batch, "batch");
-        mla_batch b;
-        std::memset(&b, 0, sizeof b);
-        b.struct_size = sizeof b;
-        *batch = b;
-    });
+    return init_struct("mla_batch_init", batch, "batch", [](mla_batch&) {});
 }
 
 MLA_API mla_status mla_layer_forward(mla_layer* layer, mla_cache* cache, const mla_batch* batch,
