@@ -47,6 +47,11 @@ class GoldenTest {
         }
     }
 
+    /** max|err| / max|ref| bound of a layer output or cache entry against transformers' values. */
+    double tolerance(DType cacheType) {
+        return cacheType == DType.F32 ? TestSupport.TOL_F32 : TestSupport.TOL_BF16;
+    }
+
     static MlaConfig config(Safetensors st) {
         return MlaConfig.fromJson(st.metadata().get("config"));
     }
@@ -128,7 +133,7 @@ class GoldenTest {
                     done += n;
                 }
                 assertEquals(t, cache.length(id));
-                double tol = cacheType == DType.F32 ? TestSupport.TOL_F32 : TestSupport.TOL_BF16;
+                double tol = tolerance(cacheType);
                 double err = relErr(actual, expected);
                 assertTrue(err <= tol, () -> file + " seq" + index + " " + mode + " " + cacheType + ": max|err|/max|ref| = "
                         + err + " > " + tol);
@@ -137,7 +142,7 @@ class GoldenTest {
                 float[][] stored = cache.read(id, 0, t);
                 double latErr = relErr(stored[0], st.tensor("seq" + index + ".latent").toFloatArray());
                 double ropeErr = relErr(stored[1], st.tensor("seq" + index + ".k_rope").toFloatArray());
-                double cacheTol = cacheType == DType.F32 ? TestSupport.TOL_F32 : TestSupport.TOL_BF16;
+                double cacheTol = tolerance(cacheType);
                 assertTrue(latErr <= cacheTol, "latent in cache: " + latErr);
                 assertTrue(ropeErr <= cacheTol, "k_rope in cache: " + ropeErr);
             }
@@ -192,7 +197,7 @@ class GoldenTest {
                 }
             }
             double err = relErr(sum, expected);
-            assertTrue(err <= TestSupport.TOL_F32, () -> file + ": sum of head slices " + err);
+            assertTrue(err <= tolerance(DType.F32), () -> file + ": sum of head slices " + err);
         }
     }
 
@@ -262,7 +267,7 @@ class GoldenTest {
                     float[] expected = st.tensor("seq" + seqs.get(i).index + ".output").toFloatArray();
                     double err = relErr(actual[i], expected);
                     int idx = i;
-                    assertTrue(err <= TestSupport.TOL_F32, () -> file + " seq" + seqs.get(idx).index + " in a batch: " + err);
+                    assertTrue(err <= tolerance(DType.F32), () -> file + " seq" + seqs.get(idx).index + " in a batch: " + err);
                 }
             }
         }
