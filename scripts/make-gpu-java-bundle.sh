@@ -6,7 +6,7 @@
 #   .gpu-java/junit-platform-console-standalone.jar  JUnit's console launcher (from Maven Central)
 #   .gpu-java/classes/, test-classes/             mla4j (with the libmla built here bundled) and its tests
 #   .gpu-java/lib/*.jar                           runtime dependencies (Jackson)
-# Used by scripts/gpu-java-test.sh (on the GPU machine, which builds its own libmla) and by
+# Used by scripts/gpu-java-test.sh (on the GPU machine; the bundled CUDA build of libmla is loaded there) and by
 # GpuContainerIT (docker/Dockerfile.cuda copies it into the image). Run it on a machine with a
 # JDK 25 and the repository's build prerequisites; with nvcc there, the bundled libmla has the
 # CUDA backend. MLA4J_BUILD_DIR picks the CMake build directory (default build/).

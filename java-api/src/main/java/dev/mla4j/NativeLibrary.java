@@ -28,9 +28,14 @@ import java.util.Set;
  * <ol>
  *   <li>the system property {@value #PATH_PROPERTY} (a file path);</li>
  *   <li>the environment variable {@value #PATH_ENV};</li>
- *   <li>the copy bundled in this jar under {@code dev/mla4j/native/<os>-<arch>/libmla-<version>.so},
- *       extracted once into {@code <java.io.tmpdir>/mla4j-<user>/<sha256 prefix>/} (reused by
- *       later JVMs while its content matches).</li>
+ *   <li>a build bundled in this jar under {@code dev/mla4j/native/<os>-<arch>/}, extracted once into
+ *       {@code <java.io.tmpdir>/mla4j-<user>/<sha256 prefix>/} (reused by later JVMs while its
+ *       content matches). The jar carries {@code libmla-cpu-<version>.so} and, where it was built
+ *       with nvcc, {@code libmla-cuda-<version>.so} (CUDA and CPU backends, CUDA runtime linked
+ *       statically). The CUDA build is loaded where an NVIDIA driver is installed
+ *       ({@code libcuda.so.1} loads), else the CPU build; the system property
+ *       {@value #BACKEND_PROPERTY} = cpu or cuda forces one. The choice and its reason are logged
+ *       (System.Logger "dev.mla4j", INFO) and returned by {@link #build()}.</li>
  * </ol>
  * After loading, {@code mla_abi_version()} must equal the {@code MLA_ABI_VERSION} the bindings
  * were generated with; a mismatch fails with an {@link UnsatisfiedLinkError} naming both.
@@ -68,7 +73,21 @@ public final class NativeLibrary {
     public record BackendChoice(MlaContext.Backend backend, String reason) {
     }
 
-    private record Loaded(Path path, String source, int version, int abiVersion) {
+    /**
+     * Which libmla build was loaded, and why.
+     *
+     * @param variant "cuda" or "cpu" for a bundled build, "external" for a file named by
+     *                {@value #PATH_PROPERTY} or {@value #PATH_ENV}
+     * @param reason  e.g. "NVIDIA driver found (libcuda.so.1 loads)", "no NVIDIA driver: …",
+     *                "system property mla4j.backend=cpu"
+     */
+    public record Build(String variant, String reason) {
+    }
+
+    private record Loaded(Path path, String source, int version, int abiVersion, Build build) {
+    }
+
+    private record Bundled(Path path, Build build) {
     }
 
     private NativeLibrary() {
@@ -92,10 +111,10 @@ public final class NativeLibrary {
 
     /**
      * Chooses the backend of a default context once per class loader and logs the choice and its
-     * reason (System.Logger "dev.mla4j", INFO). One libmla serves both backends: its CUDA runtime
-     * is linked statically, so it loads without a driver, and the probe is a CUDA context on
-     * device 0 created and destroyed through the C ABI; its failure message is the reason for the
-     * CPU. The system property {@value #BACKEND_PROPERTY} = cpu or cuda skips the probe.
+     * reason (System.Logger "dev.mla4j", INFO). The probe is a CUDA context on device 0 created and
+     * destroyed through the C ABI; its failure message (the CPU build was loaded, no device, …) is
+     * the reason for the CPU. The system property {@value #BACKEND_PROPERTY} = cpu or cuda skips
+     * the probe.
      */
     public static BackendChoice defaultBackend() {
         if (choice == null) {
@@ -157,6 +176,12 @@ public final class NativeLibrary {
         }
     }
 
+    /** The build that was loaded (after {@link #load()}) and why that one. */
+    public static Build build() {
+        load();
+        return loaded.build;
+    }
+
     /** The file that was loaded (after {@link #load()}). */
     public static Path path() {
         load();
@@ -184,17 +209,22 @@ public final class NativeLibrary {
     private static Loaded doLoad() {
         String source;
         Path path;
+        Build build;
         String property = System.getProperty(PATH_PROPERTY);
         String env = System.getenv(PATH_ENV);
         if (property != null && !property.isBlank()) {
             source = "system property " + PATH_PROPERTY;
             path = Path.of(property);
+            build = new Build("external", "named by " + source);
         } else if (env != null && !env.isBlank()) {
             source = "environment " + PATH_ENV;
             path = Path.of(env);
+            build = new Build("external", "named by " + source);
         } else {
             source = "bundled";
-            path = extractBundled();
+            Bundled b = extractBundled();
+            path = b.path();
+            build = b.build();
         }
         path = path.toAbsolutePath();
         if (!Files.isRegularFile(path)) {
@@ -237,10 +267,51 @@ public final class NativeLibrary {
                     + ": use the libmla built from the same mla.h as this jar (unset " + PATH_PROPERTY + " / "
                     + PATH_ENV + " to use the bundled copy)");
         }
-        return new Loaded(path, source, version, abi);
+        LOG.log(System.Logger.Level.INFO, "mla4j: loaded libmla " + build.variant() + " build " + path + " ("
+                + build.reason() + ")");
+        return new Loaded(path, source, version, abi, build);
     }
 
-    private static Path extractBundled() {
+    /** Picks the bundled build: the CUDA one where it is bundled and a driver loads, unless forced. */
+    private static Build chooseBundled(boolean hasCuda) {
+        String forced = System.getProperty(BACKEND_PROPERTY, "auto").trim().toLowerCase(Locale.ROOT);
+        switch (forced) {
+            case "cpu" -> {
+                return new Build("cpu", "system property " + BACKEND_PROPERTY + "=cpu");
+            }
+            case "cuda" -> {
+                if (!hasCuda) {
+                    throw new UnsatisfiedLinkError("system property " + BACKEND_PROPERTY + "=cuda, but this mla4j jar "
+                            + "has no CUDA build of libmla (it was built where nvcc was not found)");
+                }
+                return new Build("cuda", "system property " + BACKEND_PROPERTY + "=cuda");
+            }
+            case "auto", "" -> {
+            }
+            default -> throw new IllegalArgumentException(BACKEND_PROPERTY + " = \"" + forced
+                    + "\", expected cpu, cuda or auto");
+        }
+        if (!hasCuda) {
+            return new Build("cpu", "this jar has no CUDA build (it was built where nvcc was not found)");
+        }
+        String problem = nvidiaDriverProblem();
+        return problem == null ? new Build("cuda", "NVIDIA driver found (libcuda.so.1 loads)")
+                : new Build("cpu", "no NVIDIA driver: " + problem);
+    }
+
+    /** Null when the NVIDIA driver library loads (it is unloaded again), else why not. */
+    private static String nvidiaDriverProblem() {
+        try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+            java.lang.foreign.SymbolLookup.libraryLookup("libcuda.so.1", arena);
+            return null;
+        } catch (IllegalCallerException e) {
+            throw new IllegalStateException(NATIVE_ACCESS_HINT, e);
+        } catch (IllegalArgumentException e) {
+            return "libcuda.so.1 cannot be loaded (" + e.getMessage() + ")";
+        }
+    }
+
+    private static Bundled extractBundled() {
         Properties props = new Properties();
         try (InputStream in = NativeLibrary.class.getResourceAsStream("native/mla4j-native.properties")) {
             if (in == null) {
@@ -252,12 +323,15 @@ public final class NativeLibrary {
             throw new UncheckedIOException(e);
         }
         String platform = platform();
-        String resource = props.getProperty("resource");
         String bundledPlatform = props.getProperty("platform");
         if (!platform.equals(bundledPlatform)) {
             throw new UnsatisfiedLinkError("this mla4j jar bundles libmla for " + bundledPlatform + ", not for "
                     + platform + "; build libmla for this platform and set -D" + PATH_PROPERTY + "=/path/to/libmla");
         }
+        String cudaResource = props.getProperty("resource.cuda");
+        boolean hasCuda = cudaResource != null && NativeLibrary.class.getClassLoader().getResource(cudaResource) != null;
+        Build build = chooseBundled(hasCuda);
+        String resource = props.getProperty("cuda".equals(build.variant()) ? "resource.cuda" : "resource.cpu");
         byte[] bytes;
         try (InputStream in = NativeLibrary.class.getClassLoader().getResourceAsStream(resource)) {
             if (in == null) {
@@ -279,7 +353,7 @@ public final class NativeLibrary {
             createPrivateDirectory(dir);
             if (Files.isRegularFile(target) && Files.size(target) == bytes.length
                     && sha256(Files.readAllBytes(target)).startsWith(hash)) {
-                return target;
+                return new Bundled(target, build);
             }
             Path tmp = Files.createTempFile(dir, fileName, ".part");
             try {
@@ -292,7 +366,7 @@ public final class NativeLibrary {
             } finally {
                 Files.deleteIfExists(tmp);
             }
-            return target;
+            return new Bundled(target, build);
         } catch (IOException e) {
             throw new UncheckedIOException("cannot extract bundled libmla to " + target
                     + " (set java.io.tmpdir, or -D" + PATH_PROPERTY + "=/path/to/libmla.so)", e);

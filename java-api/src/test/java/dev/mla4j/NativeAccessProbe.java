@@ -9,7 +9,8 @@ public final class NativeAccessProbe {
         try {
             NativeLibrary.load();
             try (MlaContext ctx = MlaContext.cpu(1)) {
-                System.out.println("loaded " + NativeLibrary.source() + " " + NativeLibrary.path() + " " + ctx.describe());
+                System.out.println("loaded " + NativeLibrary.source() + " " + NativeLibrary.path() + " " + ctx.describe()
+                        + " build " + NativeLibrary.build().variant() + " (" + NativeLibrary.build().reason() + ")");
             }
         } catch (Throwable t) {
             System.out.println("failed " + t.getClass().getName() + ": " + t.getMessage());

@@ -42,6 +42,61 @@ class NativeLibraryTest {
         assertTrue(r.output.contains("cpu"), r.output);
     }
 
+    /** Whether this jar (the class path) bundles the CUDA build. */
+    private static boolean bundlesCudaBuild() throws IOException {
+        java.util.Properties props = new java.util.Properties();
+        try (var in = NativeLibrary.class.getResourceAsStream("native/mla4j-native.properties")) {
+            props.load(in);
+        }
+        return NativeLibrary.class.getClassLoader().getResource(props.getProperty("resource.cuda")) != null;
+    }
+
+    private static boolean driverLoads() {
+        try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+            java.lang.foreign.SymbolLookup.libraryLookup("libcuda.so.1", arena);
+            return true;
+        } catch (IllegalArgumentException e) {
+            return false;
+        }
+    }
+
+    @Test
+    void bundledBuildFollowsTheDriverAndTheChoiceIsLogged() throws Exception {
+        Result r = probe(List.of("--enable-native-access=ALL-UNNAMED", "-Dmla4j.backend=auto"));
+        assertEquals(0, r.exit, r.output);
+        boolean cuda = bundlesCudaBuild() && driverLoads();
+        String variant = cuda ? "cuda" : "cpu";
+        assertTrue(r.output.contains(" build " + variant + " ("), r.output);
+        assertTrue(r.output.matches("(?s).*libmla-" + variant + "-[^/]*\\.so.*"), r.output);
+        String reason = cuda ? "NVIDIA driver found" : bundlesCudaBuild() ? "no NVIDIA driver: libcuda.so.1 cannot be loaded"
+                : "this jar has no CUDA build";
+        assertTrue(r.output.contains(reason), r.output);
+        assertTrue(r.output.contains("mla4j: loaded libmla " + variant + " build"), "logged: " + r.output);
+    }
+
+    @Test
+    void backendPropertyForcesTheBuild() throws Exception {
+        Result cpu = probe(List.of("--enable-native-access=ALL-UNNAMED", "-Dmla4j.backend=cpu"));
+        assertEquals(0, cpu.exit, cpu.output);
+        assertTrue(cpu.output.contains(" build cpu (system property mla4j.backend=cpu)"), cpu.output);
+        assertTrue(cpu.output.matches("(?s).*libmla-cpu-[^/]*\\.so.*"), cpu.output);
+
+        Result cuda = probe(List.of("--enable-native-access=ALL-UNNAMED", "-Dmla4j.backend=cuda"));
+        if (bundlesCudaBuild()) {
+            // the CUDA build loads without a driver (static CUDA runtime) and serves CPU contexts
+            assertEquals(0, cuda.exit, cuda.output);
+            assertTrue(cuda.output.contains(" build cuda (system property mla4j.backend=cuda)"), cuda.output);
+            assertTrue(cuda.output.matches("(?s).*libmla-cuda-[^/]*\\.so.*"), cuda.output);
+        } else {
+            assertEquals(3, cuda.exit, cuda.output);
+            assertTrue(cuda.output.contains("has no CUDA build of libmla"), cuda.output);
+        }
+
+        Result bad = probe(List.of("--enable-native-access=ALL-UNNAMED", "-Dmla4j.backend=tpu"));
+        assertEquals(3, bad.exit, bad.output);
+        assertTrue(bad.output.contains("mla4j.backend = \"tpu\", expected cpu, cuda or auto"), bad.output);
+    }
+
     @Test
     void concurrentJvmsExtractIntoOneFreshDirectory(@TempDir Path tmp) throws Exception {
         // Several JVMs extract the bundled library into the same empty directory at once: each
