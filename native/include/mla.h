@@ -95,7 +95,11 @@ enum mla_status_code {
     /* The GPU runtime reported an error (no device, bad pointer kind, launch failure). */
     MLA_ERROR_DEVICE = 6,
     /* An unexpected internal failure; the message says what. Please report it. */
-    MLA_ERROR_INTERNAL = 7
+    MLA_ERROR_INTERNAL = 7,
+    /* The caller's progress callback asked to stop (mla_layer_options.progress returned
+     * non-zero); the message names the weight being prepared. Everything the call allocated is
+     * freed. */
+    MLA_ERROR_CANCELLED = 8
 };
 
 /* Returns a static, NUL-terminated name for a status ("MLA_ERROR_INVALID_ARGUMENT"), or
@@ -415,6 +419,21 @@ typedef struct mla_layer_options {
     uint32_t struct_size;          /* sizeof(mla_layer_options) */
     int32_t head_begin;            /* first head of this tensor-parallel slice, default 0 */
     int32_t head_end;              /* one past its last head; default 0 = num_heads */
+    /* The fields below were appended later: a struct_size of 12 (the struct up to head_end, as
+     * older headers define it) is accepted and means no progress callback.
+     *
+     * Progress of mla_layer_create, default NULL (none). Units: bytes of the layer's prepared
+     * weights in the context's memory (bf16 or f32 as the backend keeps them), so bytes_total is
+     * the layer's weight footprint there; it is the same in every call. Called on the thread
+     * that called mla_layer_create, never concurrently, with bytes_done increasing strictly from
+     * call to call; the last call of a successful create has bytes_done == bytes_total. When it
+     * is called: CUDA, after each staged chunk (16 MiB or less, unless one row is larger) has
+     * reached the device; CPU, after each prepared tensor. Returning non-zero cancels the
+     * create: it frees everything it allocated, writes nothing to *out and returns
+     * MLA_ERROR_CANCELLED (also when the callback returns non-zero at bytes_done ==
+     * bytes_total). The callback must not destroy the context. */
+    int32_t (*progress)(void* user_data, uint64_t bytes_done, uint64_t bytes_total);
+    void* progress_user_data;      /* passed to progress as user_data, default NULL */
 } mla_layer_options;
 
 /* Fills *options with the defaults above. */
@@ -428,7 +447,12 @@ typedef struct mla_layer mla_layer;
  * model's tensors; a layer for heads [head_begin, head_end) uses their rows/columns of q_b_proj
  * (or q_proj), kv_b_proj and o_proj, and its forward output is that slice's partial o_proj sum:
  * the sum over slices covering all heads equals the full layer. options may be NULL.
- * Returns MLA_OK, MLA_ERROR_INVALID_ARGUMENT, MLA_ERROR_OUT_OF_MEMORY, MLA_ERROR_DEVICE. */
+ * Weights are read while the call runs and never afterwards (the host copy of a memory-mapped
+ * checkpoint may be unmapped once it returns). Host memory: the CPU backend converts each tensor
+ * straight into the layer's own copy; the CUDA backend converts chunks into a bounded pinned
+ * staging buffer (2 x 16 MiB) and copies them to the device, keeping no host copy of the layer.
+ * Returns MLA_OK, MLA_ERROR_INVALID_ARGUMENT, MLA_ERROR_OUT_OF_MEMORY, MLA_ERROR_DEVICE,
+ * MLA_ERROR_CANCELLED (options->progress asked to stop). */
 MLA_API mla_status mla_layer_create(mla_context* context, const mla_config* config,
                                     const mla_layer_weights* weights,
                                     const mla_layer_options* options, mla_layer** out);

@@ -120,6 +120,15 @@ mla_status init_struct(const char* fn, T* out, const char* name, F&& fill) {
     });
 }
 
+// mla_layer_options as headers before the progress callback defined it (struct_size 12).
+struct LayerOptionsV1 {
+    uint32_t struct_size;
+    int32_t head_begin;
+    int32_t head_end;
+};
+static_assert(sizeof(LayerOptionsV1) == 12 && offsetof(mla_layer_options, head_end) == 8,
+              "mla_layer_options starts as its first version did");
+
 void check_struct_size(const char* fn, const char* name, uint32_t got, size_t want) {
     if (got != want)
         invalid(fn, name, "->struct_size = ", got, ", expected ", want,
@@ -281,6 +290,7 @@ MLA_API const char* mla_status_string(mla_status status) {
         case MLA_ERROR_BUFFER_TOO_SMALL: return "MLA_ERROR_BUFFER_TOO_SMALL";
         case MLA_ERROR_DEVICE: return "MLA_ERROR_DEVICE";
         case MLA_ERROR_INTERNAL: return "MLA_ERROR_INTERNAL";
+        case MLA_ERROR_CANCELLED: return "MLA_ERROR_CANCELLED";
         default: return "MLA_ERROR_UNKNOWN";
     }
 }
@@ -701,17 +711,26 @@ MLA_API mla_status mla_layer_create(mla_context* context, const mla_config* conf
         check_struct_size(fn, "weights", weights->struct_size, sizeof(mla_layer_weights));
         if (weights->reserved0 != 0) invalid(fn, "weights.reserved0 = ", weights->reserved0, ", must be 0");
         int32_t h0 = 0, h1 = config->num_heads;
+        mla_layer_options o;
+        std::memset(&o, 0, sizeof o);
         if (options) {
-            check_struct_size(fn, "options", options->struct_size, sizeof(mla_layer_options));
-            h0 = options->head_begin;
-            h1 = options->head_end == 0 ? config->num_heads : options->head_end;
+            // The struct as older headers define it (up to head_end) is accepted: no progress.
+            const uint32_t size = options->struct_size;
+            if (size != sizeof(LayerOptionsV1))
+                check_struct_size(fn, "options", size, sizeof(mla_layer_options));
+            std::memcpy(&o, options, size);  // the caller's fields only
+            h0 = o.head_begin;
+            h1 = o.head_end == 0 ? config->num_heads : o.head_end;
             if (h0 < 0 || h0 >= config->num_heads)
                 invalid(fn, "options.head_begin = ", h0, ", must be in [0, num_heads = ", config->num_heads, ")");
             if (h1 <= h0 || h1 > config->num_heads)
-                invalid(fn, "options.head_end = ", options->head_end, ", must be in (head_begin = ", h0,
+                invalid(fn, "options.head_end = ", o.head_end, ", must be in (head_begin = ", h0,
                         ", num_heads = ", config->num_heads, "] or 0");
         }
-        const mla::PreparedWeights pw = mla::prepare_weights(fn, *config, *weights, h0, h1);
+        // Reads the caller's tensors while the backend builds the layer; no host copy is made here.
+        mla::StreamedWeights pw(fn, *config, *weights, h0, h1);
+        pw.progress = o.progress;
+        pw.progress_user_data = o.progress_user_data;
         auto layer = std::make_unique<mla_layer>();
         layer->ctx = context;
         layer->config = *config;

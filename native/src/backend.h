@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -89,21 +90,108 @@ struct AttentionParams {
     float* lse = nullptr;            // backend [T, H] or nullptr
 };
 
-// Weights after the shared preparation, in host memory, f32, already sliced to the layer's heads
-// [h0, h1) (Hs = h1 - h0 heads). exactly_bf16 says every value is exactly representable in bf16
-// (all sources were bf16), so a backend may store them as bf16 without loss.
+// Round to nearest even; NaN stays NaN (quiet).
+inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+}
+
+// The prepared weights of a layer for the heads [h0, h1) (Hs = h1 - h0 heads): the tensors of
+// enum Tensor, f32 values, sliced to the layer's heads, kv_b_proj split into W_UK (transposed per
+// head) and W_UV, FP8 dequantized. exactly_bf16 says every value is exactly representable in
+// bf16 (all sources were bf16), so a backend may store them as bf16 without loss.
+//
+// Backends read the tensors in row ranges with read(), never through the vectors: this class
+// serves read() from the vectors (weights materialized in host memory, as tests build them);
+// the core's StreamedWeights (core.h) leaves them empty and converts each range straight from
+// the caller's mla_layer_weights, so that no host copy of the whole layer exists. read() is
+// const and may run on several threads at once.
 struct PreparedWeights {
+    enum Tensor : int {
+        kQA,        // q_a_proj [q_lora, hidden]                (q_lora > 0, else 0 rows)
+        kQANorm,    // q_a_layernorm [q_lora] (1 column)        (q_lora > 0, else 0 rows)
+        kQB,        // q_b_proj [Hs * (dn + dr), q_lora]        (q_lora > 0, else 0 rows)
+        kQ,         // q_proj [Hs * (dn + dr), hidden]          (q_lora == 0, else 0 rows)
+        kKvA,       // kv_a_proj_with_mqa [dc + dr, hidden]
+        kKvANorm,   // kv_a_layernorm [dc] (1 column)
+        kWUkT,      // [Hs * dc, dn]: W_UK[h] transposed, so q_lat = W_UK_T[h] . q_nope
+        kWUv,       // [Hs * dv, dc]: o_h = W_UV[h] . o_lat
+        kO,         // o_proj [hidden, Hs * dv]: the slice's columns
+        kCount
+    };
+
     int32_t hidden = 0, heads = 0, q_lora = 0, dc = 0, dn = 0, dr = 0, dv = 0;  // heads = Hs
     bool exactly_bf16 = false;
-    std::vector<float> q_a;          // [q_lora, hidden]            (q_lora > 0)
-    std::vector<float> q_a_norm;     // [q_lora]                    (q_lora > 0)
-    std::vector<float> q_b;          // [Hs * (dn + dr), q_lora]    (q_lora > 0), rows of the slice
-    std::vector<float> q;            // [Hs * (dn + dr), hidden]    (q_lora == 0)
-    std::vector<float> kv_a;         // [dc + dr, hidden]
-    std::vector<float> kv_a_norm;    // [dc]
-    std::vector<float> w_uk_t;       // [Hs, dc, dn]: W_UK[h] transposed, so q_lat = W_UK_T[h] . q_nope
-    std::vector<float> w_uv;         // [Hs, dv, dc]: o_h = W_UV[h] . o_lat
-    std::vector<float> o;            // [hidden, Hs * dv]: the slice's columns of o_proj
+    std::vector<float> q_a, q_a_norm, q_b, q, kv_a, kv_a_norm, w_uk_t, w_uv, o;  // see Tensor
+
+    // Progress of the layer's creation (mla_layer_options.progress); nullptr = none.
+    int32_t (*progress)(void* user_data, uint64_t bytes_done, uint64_t bytes_total) = nullptr;
+    void* progress_user_data = nullptr;
+
+    virtual ~PreparedWeights() = default;
+
+    // Shape of tensor t; a tensor this config does not use has 0 rows.
+    int64_t rows(Tensor t) const {
+        const int64_t H = heads;
+        switch (t) {
+            case kQA: case kQANorm: return q_lora > 0 ? q_lora : 0;
+            case kQB: return q_lora > 0 ? H * (dn + dr) : 0;
+            case kQ: return q_lora > 0 ? 0 : H * (dn + dr);
+            case kKvA: return int64_t(dc) + dr;
+            case kKvANorm: return dc;
+            case kWUkT: return H * dc;
+            case kWUv: return H * dv;
+            case kO: return hidden;
+            default: return 0;
+        }
+    }
+    int64_t cols(Tensor t) const {
+        switch (t) {
+            case kQA: case kQ: case kKvA: return hidden;
+            case kQB: return q_lora;
+            case kWUkT: return dn;
+            case kWUv: return dc;
+            case kO: return int64_t(heads) * dv;
+            default: return 1;  // norm vectors
+        }
+    }
+    static bool is_vector(Tensor t) { return t == kQANorm || t == kKvANorm; }
+    // The checkpoint weight tensor t comes from, for messages ("kv_b_proj (W_UK)").
+    static const char* name(Tensor t) {
+        static const char* const names[kCount] = {"q_a_proj", "q_a_layernorm", "q_b_proj", "q_proj",
+                                                  "kv_a_proj_with_mqa", "kv_a_layernorm",
+                                                  "kv_b_proj (W_UK)", "kv_b_proj (W_UV)", "o_proj"};
+        return t >= 0 && t < kCount ? names[t] : "?";
+    }
+
+    // Writes rows [r0, r1) of tensor t (0 <= r0 <= r1 <= rows(t)), all columns, row-major into
+    // dst: as F32 (cols floats a row) or BF16 (f32 values rounded to nearest even). Never throws.
+    virtual void read(Tensor t, int64_t r0, int64_t r1, DType as, void* dst) const {
+        const std::vector<float>* v[kCount] = {&q_a, &q_a_norm, &q_b, &q, &kv_a, &kv_a_norm,
+                                               &w_uk_t, &w_uv, &o};
+        const int64_t c = cols(t);
+        const float* src = v[t]->data() + r0 * c;
+        const size_t n = size_t((r1 - r0) * c);
+        if (as == DType::F32) {
+            if (n) std::memcpy(dst, src, n * 4);
+        } else {
+            uint16_t* d = static_cast<uint16_t*>(dst);
+            for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+        }
+    }
+
+    // Calls progress (if set) with bytes_done of bytes_total, the last prepared bytes being of
+    // tensor t; throws Error(MLA_ERROR_CANCELLED) naming t when it returns non-zero.
+    void report(Tensor t, uint64_t bytes_done, uint64_t bytes_total) const {
+        if (!progress || progress(progress_user_data, bytes_done, bytes_total) == 0) return;
+        throw Error(MLA_ERROR_CANCELLED,
+                    std::string("mla_layer_create: cancelled by options.progress at ") + name(t) +
+                        " (" + std::to_string(bytes_done) + " of " + std::to_string(bytes_total) +
+                        " bytes of prepared weights done)");
+    }
 };
 
 // mla_batch, validated against the cache: every slot the batch writes or reads is covered and

@@ -36,14 +36,7 @@ inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
-// Round to nearest even; NaN stays NaN (quiet).
-inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return uint16_t(u >> 16);
-}
+// f32_to_bf16 (round to nearest even) is in backend.h: the backends use it too.
 
 inline float f16_to_f32(uint16_t h) {
     uint32_t sign = uint32_t(h & 0x8000u) << 16;
@@ -113,9 +106,22 @@ LayerSpec make_layer_spec(const mla_config& c, int32_t h0, int32_t h1);
 
 // ---- weights ----------------------------------------------------------------------------------
 
-// Validates every weight the config uses (presence, dtype, shape, scales) and returns the f32
-// prepared copy for heads [h0, h1). Throws INVALID_ARGUMENT naming the weight and field.
-PreparedWeights prepare_weights(const char* fn, const mla_config& c, const mla_layer_weights& w,
-                                int32_t h0, int32_t h1);
+// The prepared weights of a layer read straight from the caller's tensors: read() converts each
+// row range on demand (any supported dtype, FP8 block scales, the head slice, the W_UK transpose
+// and W_UV split of kv_b_proj), so nothing is copied up front. Keeps the caller's pointers: valid
+// while the mla_layer_weights' tensors are (the duration of mla_layer_create).
+class StreamedWeights final : public PreparedWeights {
+public:
+    // Validates every weight the config uses (presence, dtype, shape, scales) for heads [h0, h1).
+    // Throws INVALID_ARGUMENT naming the weight and field.
+    StreamedWeights(const char* fn, const mla_config& c, const mla_layer_weights& w, int32_t h0,
+                    int32_t h1);
+
+    void read(Tensor t, int64_t r0, int64_t r1, DType as, void* dst) const override;
+
+private:
+    mla_layer_weights w_;
+    int64_t h0_ = 0;
+};
 
 }  // namespace mla

@@ -96,13 +96,14 @@ MLA_TEST(version_and_status_strings) {
         {MLA_ERROR_BUFFER_TOO_SMALL, "MLA_ERROR_BUFFER_TOO_SMALL"},
         {MLA_ERROR_DEVICE, "MLA_ERROR_DEVICE"},
         {MLA_ERROR_INTERNAL, "MLA_ERROR_INTERNAL"},
+        {MLA_ERROR_CANCELLED, "MLA_ERROR_CANCELLED"},
     };
     for (const auto& c : codes) {
         const char* s = mla_status_string(c.s);
         REQUIRE(s != nullptr);
         CHECK_EQ(std::string(s), std::string(c.name));
     }
-    for (mla_status unknown : {8, 99, -1, 0x7fffffff}) {
+    for (mla_status unknown : {9, 99, -1, 0x7fffffff}) {
         const char* s = mla_status_string(unknown);
         REQUIRE(s != nullptr);
         CHECK_EQ(std::string(s), std::string("MLA_ERROR_UNKNOWN"));

@@ -17,36 +17,57 @@ struct Mat {
     std::vector<float> f;
     std::vector<uint16_t> b;
 
-    void set(const std::vector<float>& src, int64_t r, int64_t c, bool as_bf16) {
-        rows = r;
-        cols = c;
-        if (as_bf16) {
-            b.resize(src.size());
-            for (size_t i = 0; i < src.size(); ++i) b[i] = f32_to_bf16(src[i]);
-        } else {
-            f = src;
-        }
-    }
     bool is_bf16() const { return !b.empty(); }
+    uint64_t bytes() const { return uint64_t(f.size()) * 4 + uint64_t(b.size()) * 2; }
 };
+
+// Bytes of tensor t as this layer keeps it: bf16 matrices when the weights are exactly bf16,
+// else f32; norm vectors always f32.
+uint64_t kept_bytes(const PreparedWeights& w, PreparedWeights::Tensor t) {
+    const bool bf = w.exactly_bf16 && !PreparedWeights::is_vector(t);
+    return uint64_t(w.rows(t) * w.cols(t)) * (bf ? 2 : 4);
+}
 
 class CpuLayer final : public LayerImpl {
 public:
+    // Converts each tensor straight into the layer's own copy (rows split over the pool) and
+    // reports progress after each one.
     CpuLayer(CpuBackend& be, const LayerSpec& spec, const PreparedWeights& w) : be_(be), s_(spec) {
-        const bool bf = w.exactly_bf16;
-        const int64_t Hs = s_.heads, qk = s_.dn + s_.dr;
+        using T = PreparedWeights;
+        uint64_t total = 0, done = 0;
+        for (int t = 0; t < T::kCount; ++t) total += kept_bytes(w, T::Tensor(t));
+        auto mat = [&](Mat& m, T::Tensor t) {
+            m.rows = w.rows(t);
+            m.cols = w.cols(t);
+            const size_t n = size_t(m.rows * m.cols);
+            if (w.exactly_bf16) {
+                m.b.resize(n);
+                read(w, t, DType::BF16, m.b.data());
+            } else {
+                m.f.resize(n);
+                read(w, t, DType::F32, m.f.data());
+            }
+            done += m.bytes();
+            w.report(t, done, total);
+        };
+        auto vec = [&](std::vector<float>& v, T::Tensor t) {
+            v.resize(size_t(w.rows(t)));
+            read(w, t, DType::F32, v.data());
+            done += uint64_t(v.size()) * 4;
+            w.report(t, done, total);
+        };
         if (s_.q_lora > 0) {
-            q_a_.set(w.q_a, s_.q_lora, s_.hidden, bf);
-            q_b_.set(w.q_b, Hs * qk, s_.q_lora, bf);
-            q_a_norm_ = w.q_a_norm;
+            mat(q_a_, T::kQA);
+            vec(q_a_norm_, T::kQANorm);
+            mat(q_b_, T::kQB);
         } else {
-            q_.set(w.q, Hs * qk, s_.hidden, bf);
+            mat(q_, T::kQ);
         }
-        kv_a_.set(w.kv_a, s_.dc + s_.dr, s_.hidden, bf);
-        kv_a_norm_ = w.kv_a_norm;
-        w_uk_t_.set(w.w_uk_t, Hs * s_.dc, s_.dn, bf);
-        w_uv_.set(w.w_uv, Hs * s_.dv, s_.dc, bf);
-        o_.set(w.o, s_.hidden, Hs * s_.dv, bf);
+        mat(kv_a_, T::kKvA);
+        vec(kv_a_norm_, T::kKvANorm);
+        mat(w_uk_t_, T::kWUkT);
+        mat(w_uv_, T::kWUv);
+        mat(o_, T::kO);
     }
 
     void forward(const BatchDesc& batch, const CacheDesc& cache, const void* hidden,
@@ -92,6 +113,17 @@ private:
             k.gemm_nt_bf16(x, ldx, M, W.b.data() + row0 * W.cols, W.cols, N, W.cols, y, ldy);
         else
             k.gemm_nt_f32(x, ldx, M, W.f.data() + row0 * W.cols, W.cols, N, W.cols, y, ldy);
+    }
+
+    // All rows of tensor t into dst (as), in row blocks over the pool.
+    void read(const PreparedWeights& w, PreparedWeights::Tensor t, DType as, void* dst) {
+        const int64_t rows = w.rows(t), cols = w.cols(t);
+        const int64_t per = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, cols));
+        const size_t row_bytes = size_t(cols) * dtype_size(as);
+        be_.parallel_for((rows + per - 1) / per, [&](int64_t i) {
+            const int64_t r0 = i * per, r1 = std::min(rows, r0 + per);
+            w.read(t, r0, r1, as, static_cast<char*>(dst) + size_t(r0) * row_bytes);
+        });
     }
 
     CpuBackend& be_;

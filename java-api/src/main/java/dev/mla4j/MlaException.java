@@ -18,6 +18,11 @@ public class MlaException extends RuntimeException {
         BUFFER_TOO_SMALL(5),
         DEVICE(6),
         INTERNAL(7),
+        /**
+         * A layer's creation was cancelled by its progress listener ({@link MlaLayer.Progress}
+         * returned false); nothing was created.
+         */
+        CANCELLED(8),
         /** A value this version of the Java API does not know (a newer library). */
         UNKNOWN(-1);
 

@@ -25,6 +25,28 @@ public final class MlaLayer extends NativeResource {
     static final String[] WEIGHTS = {"q_a_proj", "q_a_layernorm", "q_b_proj", "q_proj", "kv_a_proj_with_mqa",
             "kv_a_layernorm", "kv_b_proj", "o_proj"};
 
+    /**
+     * Progress of a layer's creation. Units: bytes of the layer's prepared weights in the context's
+     * memory (bf16 or f32 as the backend keeps them), so {@code bytesTotal} is the layer's weight
+     * footprint there and the same in every call. Called on the thread that calls
+     * {@code create}, never concurrently: on a CUDA context after each staged chunk (16 MiB or
+     * less) has reached the device, on the CPU after each prepared tensor. {@code bytesDone}
+     * increases strictly from call to call; the last call of a successful creation has
+     * {@code bytesDone == bytesTotal}.
+     */
+    @FunctionalInterface
+    public interface Progress {
+        /**
+         * Reports progress.
+         *
+         * @return true to go on; false cancels the creation: it frees what it allocated and
+         *         {@code create} throws an {@link MlaException} with status
+         *         {@link MlaException.Status#CANCELLED}. An exception thrown here cancels too, and
+         *         {@code create} rethrows it (the same instance) once libmla has returned.
+         */
+        boolean update(long bytesDone, long bytesTotal);
+    }
+
     private final MlaContext context;
     private final MlaConfig config;
     private final int headBegin;
@@ -40,20 +62,46 @@ public final class MlaLayer extends NativeResource {
 
     /**
      * A layer from a checkpoint: weights named {@code prefix + "q_a_proj.weight"} etc. (e.g. prefix
-     * {@code "model.layers.0.self_attn."}); FP8 weights take their {@code weight_scale_inv}.
+     * {@code "model.layers.0.self_attn."}); FP8 weights take their {@code weight_scale_inv}. The
+     * layer keeps nothing of the mapping: {@code weights} may be closed once this returns.
      */
     public static MlaLayer create(MlaContext context, MlaConfig config, Safetensors weights, String prefix) {
-        return create(context, config, weights, prefix, 0, config.numHeads());
+        return create(context, config, weights, prefix, 0, config.numHeads(), null);
+    }
+
+    /**
+     * As {@link #create(MlaContext, MlaConfig, Safetensors, String)}, reporting progress to
+     * {@code progress} (which may cancel; see {@link Progress}).
+     */
+    public static MlaLayer create(MlaContext context, MlaConfig config, Safetensors weights, String prefix,
+                                  Progress progress) {
+        return create(context, config, weights, prefix, 0, config.numHeads(), progress);
     }
 
     /** As {@link #create(MlaContext, MlaConfig, Safetensors, String)}, for the heads [headBegin, headEnd). */
     public static MlaLayer create(MlaContext context, MlaConfig config, Safetensors weights, String prefix,
                                   int headBegin, int headEnd) {
+        return create(context, config, weights, prefix, headBegin, headEnd, null);
+    }
+
+    /**
+     * A layer from a checkpoint for the heads [headBegin, headEnd), reporting progress to
+     * {@code progress} (null: none). The weights are read from the mapped files while this runs: a
+     * CUDA context stages them in bounded chunks (two 16 MiB pinned buffers) straight to the
+     * device, a CPU context converts them into the layer's own memory. Nothing of the mapping is
+     * kept: {@code weights} may be closed once this returns.
+     *
+     * @throws IllegalArgumentException a required weight is missing, or has the wrong dtype or shape
+     * @throws MlaException             libmla refused the config or weights, ran out of memory, or
+     *                                  {@code progress} cancelled (status CANCELLED)
+     */
+    public static MlaLayer create(MlaContext context, MlaConfig config, Safetensors weights, String prefix,
+                                  int headBegin, int headEnd, Progress progress) {
         Objects.requireNonNull(weights, "weights");
         Objects.requireNonNull(prefix, "prefix");
-        weights.acquire();  // the files stay mapped while libmla copies from them
+        weights.acquire();  // the files stay mapped while libmla reads from them
         try {
-            return create(context, config, name -> weights.find(prefix + name), headBegin, headEnd);
+            return create(context, config, name -> weights.find(prefix + name), headBegin, headEnd, progress);
         } finally {
             weights.release();
         }
@@ -70,6 +118,21 @@ public final class MlaLayer extends NativeResource {
      */
     public static MlaLayer create(MlaContext context, MlaConfig config, Function<String, Optional<Tensor>> weights,
                                   int headBegin, int headEnd) {
+        return create(context, config, weights, headBegin, headEnd, null);
+    }
+
+    /**
+     * As {@link #create(MlaContext, MlaConfig, Function, int, int)}, reporting progress to
+     * {@code progress} (null: none). The listener runs on this thread inside the native call,
+     * through an upcall stub that lives for this call only; an exception it throws never reaches
+     * native code: it cancels the creation and is rethrown here, the same instance (wrapped in an
+     * {@link java.lang.reflect.UndeclaredThrowableException} only if it is a checked exception).
+     *
+     * @throws MlaException status CANCELLED when {@code progress} returned false, or as
+     *                      {@link #create(MlaContext, MlaConfig, Function, int, int)}
+     */
+    public static MlaLayer create(MlaContext context, MlaConfig config, Function<String, Optional<Tensor>> weights,
+                                  int headBegin, int headEnd, Progress progress) {
         Objects.requireNonNull(context, "context");
         Objects.requireNonNull(config, "config");
         Objects.requireNonNull(weights, "weights");
@@ -80,7 +143,8 @@ public final class MlaLayer extends NativeResource {
         long h = config.numHeads();
         long d = config.hiddenSize();
         long qk = config.qkNopeHeadDim() + config.qkRopeHeadDim();
-        return context.createChild(arena -> {  // the context refuses to close meanwhile
+        ProgressUpcall upcall = progress == null ? null : new ProgressUpcall(progress);
+        MlaLayer made = context.createChild(arena -> {  // the context refuses to close meanwhile
             try (Arena tmp = Arena.ofConfined()) {
                 MemorySegment w = mla_layer_weights.allocate(tmp);
                 Native.check(Mla.mla_layer_weights_init(w), "mla_layer_weights_init");
@@ -102,11 +166,60 @@ public final class MlaLayer extends NativeResource {
                 Native.check(Mla.mla_layer_options_init(opts), "mla_layer_options_init");
                 mla_layer_options.head_begin(opts, headBegin);
                 mla_layer_options.head_end(opts, headEnd);
+                if (upcall != null) {  // the stub is freed with tmp, after the call
+                    mla_layer_options.progress(opts, mla_layer_options.progress.allocate(upcall, tmp));
+                }
                 MemorySegment out = tmp.allocate(ValueLayout.ADDRESS);
-                Native.check(Mla.mla_layer_create(context.handle(), config.toNative(tmp), w, opts, out), "mla_layer_create");
+                out.set(ValueLayout.ADDRESS, 0, MemorySegment.NULL);
+                int status = Mla.mla_layer_create(context.handle(), config.toNative(tmp), w, opts, out);
+                if (upcall != null && upcall.thrown != null) {
+                    // The listener threw, so libmla cancelled; nothing was made (defensively
+                    // destroyed otherwise). The exception is rethrown once createChild is done.
+                    Mla.mla_layer_destroy(out.get(ValueLayout.ADDRESS, 0));
+                    arena.close();
+                    return null;
+                }
+                Native.check(status, "mla_layer_create");
                 return new MlaLayer(context, arena, out.get(ValueLayout.ADDRESS, 0), config, headBegin, headEnd);
             }
         });
+        if (made == null) {
+            throw rethrow(upcall.thrown);
+        }
+        return made;
+    }
+
+    /** The progress upcall: runs the listener, never lets an exception reach native code. */
+    private static final class ProgressUpcall implements mla_layer_options.progress.Function {
+        private final Progress listener;
+        private Throwable thrown;  // the listener's exception; written and read on the creating thread
+
+        ProgressUpcall(Progress listener) {
+            this.listener = listener;
+        }
+
+        @Override
+        public int apply(MemorySegment userData, long bytesDone, long bytesTotal) {
+            if (thrown != null) {
+                return 1;
+            }
+            try {
+                return listener.update(bytesDone, bytesTotal) ? 0 : 1;
+            } catch (Throwable t) {  // an exception escaping an upcall would end the JVM
+                thrown = t;
+                return 1;
+            }
+        }
+    }
+
+    private static RuntimeException rethrow(Throwable t) {
+        if (t instanceof RuntimeException r) {
+            throw r;
+        }
+        if (t instanceof Error e) {
+            throw e;
+        }
+        throw new java.lang.reflect.UndeclaredThrowableException(t, "the progress listener threw " + t);
     }
 
     /**

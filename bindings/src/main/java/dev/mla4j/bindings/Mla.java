@@ -262,6 +262,15 @@ public class Mla extends Mla$shared {
     public static int MLA_ERROR_INTERNAL() {
         return MLA_ERROR_INTERNAL;
     }
+    private static final int MLA_ERROR_CANCELLED = (int)8L;
+    /**
+     * {@snippet lang=c :
+     * enum mla_status_code.MLA_ERROR_CANCELLED = 8
+     * }
+     */
+    public static int MLA_ERROR_CANCELLED() {
+        return MLA_ERROR_CANCELLED;
+    }
 
     private static class mla_status_string {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(

@@ -18,6 +18,8 @@ import static java.lang.foreign.MemoryLayout.PathElement.*;
  *     uint32_t struct_size;
  *     int32_t head_begin;
  *     int32_t head_end;
+ *     int32_t (*progress)(void *, uint64_t, uint64_t);
+ *     void *progress_user_data;
  * }
  * }
  */
@@ -30,7 +32,10 @@ public class mla_layer_options {
     private static final GroupLayout $LAYOUT = MemoryLayout.structLayout(
         Mla.C_INT.withName("struct_size"),
         Mla.C_INT.withName("head_begin"),
-        Mla.C_INT.withName("head_end")
+        Mla.C_INT.withName("head_end"),
+        MemoryLayout.paddingLayout(4),
+        Mla.C_POINTER.withName("progress"),
+        Mla.C_POINTER.withName("progress_user_data")
     ).withName("mla_layer_options");
 
     /**
@@ -170,6 +175,152 @@ public class mla_layer_options {
      */
     public static void head_end(MemorySegment struct, int fieldValue) {
         struct.set(head_end$LAYOUT, head_end$OFFSET, fieldValue);
+    }
+
+    /**
+     * {@snippet lang=c :
+     * int32_t (*progress)(void *, uint64_t, uint64_t)
+     * }
+     */
+    public final static class progress {
+
+        private progress() {
+            // Should not be called directly
+        }
+
+        /**
+         * The function pointer signature, expressed as a functional interface
+         */
+        public interface Function {
+            int apply(MemorySegment _x0, long _x1, long _x2);
+        }
+
+        private static final FunctionDescriptor $DESC = FunctionDescriptor.of(
+            Mla.C_INT,
+            Mla.C_POINTER,
+            Mla.C_LONG,
+            Mla.C_LONG
+        );
+
+        /**
+         * The descriptor of this function pointer
+         */
+        public static FunctionDescriptor descriptor() {
+            return $DESC;
+        }
+
+        private static final MethodHandle UP$MH = Mla.upcallHandle(progress.Function.class, "apply", $DESC);
+
+        /**
+         * Allocates a new upcall stub, whose implementation is defined by {@code fi}.
+         * The lifetime of the returned segment is managed by {@code arena}
+         */
+        public static MemorySegment allocate(progress.Function fi, Arena arena) {
+            return Linker.nativeLinker().upcallStub(UP$MH.bindTo(fi), $DESC, arena);
+        }
+
+        private static final MethodHandle DOWN$MH = Linker.nativeLinker().downcallHandle($DESC);
+
+        /**
+         * Invoke the upcall stub {@code funcPtr}, with given parameters
+         */
+        public static int invoke(MemorySegment funcPtr, MemorySegment _x0, long _x1, long _x2) {
+            try {
+                return (int) DOWN$MH.invokeExact(funcPtr, _x0, _x1, _x2);
+            } catch (Error | RuntimeException ex) {
+                throw ex;
+            } catch (Throwable ex$) {
+                throw new AssertionError("should not reach here", ex$);
+            }
+        }
+    }
+
+    private static final AddressLayout progress$LAYOUT = (AddressLayout)$LAYOUT.select(groupElement("progress"));
+
+    /**
+     * Layout for field:
+     * {@snippet lang=c :
+     * int32_t (*progress)(void *, uint64_t, uint64_t)
+     * }
+     */
+    public static final AddressLayout progress$layout() {
+        return progress$LAYOUT;
+    }
+
+    private static final long progress$OFFSET = $LAYOUT.byteOffset(groupElement("progress"));
+
+    /**
+     * Offset for field:
+     * {@snippet lang=c :
+     * int32_t (*progress)(void *, uint64_t, uint64_t)
+     * }
+     */
+    public static final long progress$offset() {
+        return progress$OFFSET;
+    }
+
+    /**
+     * Getter for field:
+     * {@snippet lang=c :
+     * int32_t (*progress)(void *, uint64_t, uint64_t)
+     * }
+     */
+    public static MemorySegment progress(MemorySegment struct) {
+        return struct.get(progress$LAYOUT, progress$OFFSET);
+    }
+
+    /**
+     * Setter for field:
+     * {@snippet lang=c :
+     * int32_t (*progress)(void *, uint64_t, uint64_t)
+     * }
+     */
+    public static void progress(MemorySegment struct, MemorySegment fieldValue) {
+        struct.set(progress$LAYOUT, progress$OFFSET, fieldValue);
+    }
+
+    private static final AddressLayout progress_user_data$LAYOUT = (AddressLayout)$LAYOUT.select(groupElement("progress_user_data"));
+
+    /**
+     * Layout for field:
+     * {@snippet lang=c :
+     * void *progress_user_data
+     * }
+     */
+    public static final AddressLayout progress_user_data$layout() {
+        return progress_user_data$LAYOUT;
+    }
+
+    private static final long progress_user_data$OFFSET = $LAYOUT.byteOffset(groupElement("progress_user_data"));
+
+    /**
+     * Offset for field:
+     * {@snippet lang=c :
+     * void *progress_user_data
+     * }
+     */
+    public static final long progress_user_data$offset() {
+        return progress_user_data$OFFSET;
+    }
+
+    /**
+     * Getter for field:
+     * {@snippet lang=c :
+     * void *progress_user_data
+     * }
+     */
+    public static MemorySegment progress_user_data(MemorySegment struct) {
+        return struct.get(progress_user_data$LAYOUT, progress_user_data$OFFSET);
+    }
+
+    /**
+     * Setter for field:
+     * {@snippet lang=c :
+     * void *progress_user_data
+     * }
+     */
+    public static void progress_user_data(MemorySegment struct, MemorySegment fieldValue) {
+        struct.set(progress_user_data$LAYOUT, progress_user_data$OFFSET, fieldValue);
     }
 
     /**
