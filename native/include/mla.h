@@ -530,8 +530,10 @@ MLA_API void mla_buffer_destroy(mla_buffer* buffer);
 MLA_API mla_status mla_buffer_data(const mla_buffer* buffer, void** data, size_t* bytes);
 
 /* Copies bytes from host memory into the buffer at byte offset. stream: from mla_stream_create
- * of the buffer's context, or NULL (the default stream). The copy is complete when the call
- * returns (host may be reused at once); it is ordered after work queued earlier on stream.
+ * of the buffer's context, or NULL (the default stream). host may be reused as soon as the call
+ * returns; the copy is ordered after work queued earlier on stream. On CUDA the call waits for
+ * neither that work nor the copy when host is pageable memory (the driver stages it before
+ * returning); from page-locked (pinned) host memory it waits until the copy is done.
  * Fails with MLA_ERROR_INVALID_ARGUMENT before copying anything when offset + bytes exceeds the
  * buffer or host is NULL with bytes > 0; bytes 0 is a no-op. */
 MLA_API mla_status mla_buffer_upload(mla_buffer* buffer, size_t offset, const void* host,

@@ -122,15 +122,21 @@ public:
         cudaGetLastError();
     }
 
-    // The host buffer may be reused by the caller as soon as this returns, so the copy is
-    // complete on return (pinned sources would otherwise be read later).
+    // The host buffer may be reused by the caller as soon as this returns. A pageable source is
+    // staged by the driver before cudaMemcpyAsync returns, so that needs no wait (and the decode
+    // loop no host round trip); a page-locked source is read by the DMA later, so wait for it.
     void copy_from_host(void* dst, const void* host_src, size_t bytes, void* stream) override {
         if (bytes == 0) return;
         DeviceGuard g(dev_.device);
         require_device_pointer(dst, "destination");
+        cudaPointerAttributes attr{};
+        bool pinned = false;
+        if (cudaPointerGetAttributes(&attr, host_src) == cudaSuccess)
+            pinned = attr.type == cudaMemoryTypeHost;
+        cudaGetLastError();
         check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, as_stream(stream)),
               "cudaMemcpyAsync(host to device)");
-        check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
+        if (pinned) check(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
     }
 
     void copy_to_host(void* host_dst, const void* src, size_t bytes, void* stream) override {

@@ -39,6 +39,7 @@ public final class Batch implements AutoCloseable {
     final MemorySegment slotMapping;  // int64 [T]
     final MemorySegment blockTable;   // int32 [B, stride]
     final MemorySegment nativeBatch;  // mla_batch
+    private final MemorySegment arrays; // slotMapping .. positions, contiguous
 
     /** Starts a batch over the cache. */
     public static Builder builder(LatentCache cache) {
@@ -153,6 +154,7 @@ public final class Batch implements AutoCloseable {
         blockTable = ints(slab, off, table);
         off += 4L * table.length;
         positions = ints(slab, off, pos);
+        arrays = slab.asSlice(structBytes);
         mla_batch.struct_size(nativeBatch, (int) mla_batch.sizeof());
         mla_batch.num_seqs(nativeBatch, b);
         mla_batch.num_tokens(nativeBatch, numTokens);
@@ -229,5 +231,19 @@ public final class Batch implements AutoCloseable {
     MemorySegment nativeBatch() {
         ensureOpen();
         return nativeBatch;
+    }
+
+    /**
+     * The batch's index arrays as one contiguous range (slots, qo_indptr, cache_lens, seq_lens,
+     * block table, positions), for staging them into backend memory with a single copy; find an
+     * array in it with {@link #offsetOf}.
+     */
+    MemorySegment arrays() {
+        return arrays;
+    }
+
+    /** Byte offset of one of this batch's arrays inside {@link #arrays()}. */
+    long offsetOf(MemorySegment array) {
+        return array.address() - slotMapping.address();
     }
 }

@@ -117,7 +117,9 @@ public final class DeviceBuffer extends NativeResource {
 
     /**
      * Copies src (native host memory) into this buffer at byte offset, ordered after the work
-     * queued on stream (null = default stream). The copy is complete when this returns.
+     * queued on stream (null = default stream). src may be reused or freed as soon as this
+     * returns. On CUDA the call does not wait for the queued work when src is ordinary (pageable)
+     * memory, as Java's arenas allocate; from page-locked memory it waits until the copy is done.
      *
      * @throws IllegalArgumentException src is heap memory, or the range exceeds the buffer
      * @throws IllegalStateException    this buffer or the stream is closed
