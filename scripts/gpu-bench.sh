@@ -15,6 +15,10 @@ fi
 PYTHONUNBUFFERED=1 python3 native/bench/cuda/torch_baseline.py "$out/torch.csv" \
   > "$out/torch.log" 2>&1 || echo "torch baseline failed (see torch.log)"
 if [ "${MLA_BENCH_VARIANTS:-1}" != 0 ]; then
+  echo "== warp-specialized kernel with the previous softmax (MLA_CUDA_WS_FX=0)"
+  MLA_CUDA_WS_FX=0 "$dir/bench_decode" --no-layer --torch "$out/torch.csv" \
+    --csv "$out/bench-fx0.csv" > "$out/bench-fx0.log" 2>&1
+  tail -n 28 "$out/bench-fx0.log"
   echo "== two-warpgroup wgmma kernel (MLA_CUDA_WS=0)"
   MLA_CUDA_WS=0 "$dir/bench_decode" --no-layer --torch "$out/torch.csv" \
     --csv "$out/bench-wg.csv" > "$out/bench-wg.log" 2>&1

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU: builds (scripts/gpu-build.sh), runs the CUDA backend tests,
-# then the small cases under compute-sanitizer memcheck and racecheck. Logs go to $OUT (or
+# On a machine with an NVIDIA GPU: builds (scripts/gpu-build.sh), runs the CUDA backend tests
+# with each kernel family and variant, then the small cases under compute-sanitizer memcheck,
+# racecheck and synccheck. Logs go to $OUT (or
 # ./gpu-out). Exit status: non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,9 +14,17 @@ if [ ! -x "$dir/tests_cuda/test_cuda_backend" ]; then
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv \
   > "$out/gpu.txt" 2>&1 || true
-echo "== tests (default kernels: warp-specialized wgmma on sm_90a)"
+echo "== tests (default kernels: warp-specialized wgmma on sm_90a, cheaper softmax)"
 "$dir/tests_cuda/test_cuda_backend" > "$out/test.log" 2>&1 || status=1
 tail -n 40 "$out/test.log"
+# the other variants of the warp-specialized kernel (see attention_init)
+for v in MLA_CUDA_WS_FX=0 MLA_CUDA_WS_FX=3 MLA_CUDA_WS_FX=2 MLA_CUDA_WS_PREG=2 MLA_CUDA_WS_PREG=1 \
+         MLA_CUDA_PDL=1; do
+  echo "== tests ($v)"
+  log="$out/test-$(echo "${v#MLA_CUDA_}" | tr -d =).log"
+  env "$v" "$dir/tests_cuda/test_cuda_backend" > "$log" 2>&1 || status=1
+  grep -E "FAIL|checks," "$log" | tail -n 10
+done
 echo "== tests (MLA_CUDA_WS_QREG=0: warp-specialized kernel, Q from shared memory only)"
 MLA_CUDA_WS_QREG=0 "$dir/tests_cuda/test_cuda_backend" > "$out/test-noqreg.log" 2>&1 || status=1
 grep -E "FAIL|checks," "$out/test-noqreg.log" | tail -n 10

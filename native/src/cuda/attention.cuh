@@ -20,6 +20,9 @@ struct DeviceInfo {
     bool wgmma = false;      // the sm_90a kernels are in this binary and run on this device
     bool ws = false;         // use the warp-specialized sm_90a kernel for 64-row tiles
     bool ws_qreg = false;    // ... with part of Q held in registers by the score warpgroup
+    int ws_preg = 0;         // ... softmax in the P V warpgroups, P in registers (1; 2: overlapped)
+    int ws_fx = 0;           // ... cheaper softmax: 1, 3 (+ 1 chain, Q 24, prefetch); 2, 4: S overlap
+    bool pdl = false;        // programmatic dependent launch of the sm_90a kernel + combine
 };
 
 // Call once per device before any launch: raises the kernels' dynamic shared-memory limits and
