@@ -529,7 +529,10 @@ void compress_case(mla_context* ctx, const CompressCase& k, std::mt19937_64& rng
         for (int32_t i = 0; i < k.dc; ++i) ss += double(x[i]) * x[i];
         double r = 1.0 / std::sqrt(ss / k.dc + cfg.rms_norm_eps);
         for (int32_t i = 0; i < k.dc; ++i) {
-            double ref = double(x[i]) * r * w[size_t(i)];
+            // transformers' RMSNorm casts the normalized value to the input dtype before the weight
+            const double xn = k.kv_dtype == MLA_DTYPE_BF16 ? double(round_bf16(float(double(x[i]) * r)))
+                                                           : double(x[i]) * r;
+            double ref = xn * w[size_t(i)];
             double got = cache.get(slots[size_t(t)], i);
             err_lat = std::max(err_lat, std::isnan(got) ? INFINITY : std::fabs(got - ref));
             max_lat = std::max(max_lat, std::fabs(ref));

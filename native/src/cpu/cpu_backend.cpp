@@ -92,7 +92,13 @@ void CpuBackend::compress_rows(const CompressParams& p, const float* weight, flo
             double ss = 0.0;
             for (int64_t i = 0; i < dc; ++i) ss += double(row[i]) * double(row[i]);
             const float inv = float(1.0 / std::sqrt(ss / double(dc) + double(p.eps)));
-            for (int64_t i = 0; i < dc; ++i) entry[i] = weight[i] * (row[i] * inv);
+            // As transformers' RMSNorm: the normalized value is cast back to the input dtype
+            // before the weight multiplies it (as the CUDA backend does).
+            if (p.kv_a_dtype == DType::BF16)
+                for (int64_t i = 0; i < dc; ++i)
+                    entry[i] = weight[i] * bf16_to_f32(f32_to_bf16(row[i] * inv));
+            else
+                for (int64_t i = 0; i < dc; ++i) entry[i] = weight[i] * (row[i] * inv);
             rope_cos_sin(rope, p.positions[t], cs, cs + dr);
             rope_rotate(rope, cs, cs + dr, row + dc, entry + dc);
             const int64_t block = slot / p.cache.block_size, off = slot % p.cache.block_size;

@@ -503,6 +503,20 @@ GemmPlan gemm_plan(const GemmDesc& g, int sm_count, GemmPath path, int force_ker
     return p;
 }
 
+size_t gemm_share_workspace(GemmPlan* plans, int n) {
+    size_t counters = 0, total = 0;
+    for (int i = 0; i < n; ++i) counters = std::max(counters, plans[i].counter_bytes);
+    for (int i = 0; i < n; ++i) {
+        GemmPlan& p = plans[i];
+        if (p.splits > 1) {
+            p.workspace_bytes += counters - p.counter_bytes;
+            p.counter_bytes = counters;
+        }
+        total = std::max(total, p.workspace_bytes);
+    }
+    return total;
+}
+
 void gemm_run(const GemmDesc& g, const GemmPlan& p, void* workspace, cudaStream_t st,
               bool pdl, bool release) {
     if (g.M <= 0 || g.N <= 0 || g.batch <= 0) return;
@@ -847,12 +861,11 @@ void CudaLayer::run_chunk(const BatchDesc& batch, const CacheDesc& cache, const 
     };
     describe(reinterpret_cast<char*>(uintptr_t(256)));
     GemmPlan plan[kNg];
-    size_t gws = 0, gcnt = 0;
-    for (int i = 0; i < kNg; ++i) {
-        plan[i] = gemm_plan(gd[i], dev_.sm_count, gemm_path_);
-        gws = std::max(gws, plan[i].workspace_bytes);
-        gcnt = std::max(gcnt, plan[i].counter_bytes);
-    }
+    for (int i = 0; i < kNg; ++i) plan[i] = gemm_plan(gd[i], dev_.sm_count, gemm_path_);
+    // The GEMMs run in turn on one workspace: one counter region for all of them.
+    const size_t gws = gemm_share_workspace(plan, kNg);
+    size_t gcnt = 0;
+    for (int i = 0; i < kNg; ++i) gcnt = std::max(gcnt, plan[i].counter_bytes);
     const size_t o_gws = take(gws);
 
     char* base = nullptr;

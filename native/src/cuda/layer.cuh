@@ -57,6 +57,12 @@ struct GemmPlan {
 GemmPlan gemm_plan(const GemmDesc& g, int sm_count, GemmPath path, int force_kernel = -1,
                    int force_splits = 0);
 
+// Makes plans that run one after another share one workspace: every plan that splits gets
+// the largest counter region of them all (its partial sums move behind it), so no plan writes
+// partial sums over counters that a later plan expects to find at zero. Returns the workspace
+// bytes they need (the largest workspace_bytes afterwards); zero the first counter_bytes once.
+size_t gemm_share_workspace(GemmPlan* plans, int n);
+
 // Launches the plan on stream st. workspace: device memory of plan.workspace_bytes (NULL when
 // that is 0) whose first plan.counter_bytes are zero; the call leaves them zero again (in
 // stream order). pdl: launch as a programmatic dependent of the preceding kernel in st (the

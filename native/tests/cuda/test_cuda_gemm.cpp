@@ -71,6 +71,9 @@ struct Shape {
     bool a_f32, c_f32;
     int pad_a, pad_b, pad_c;  // extra elements per row (the strides' padding)
     int gap;                  // extra elements between z slices
+    // Slices interleaved in each row, as the layer's per-head products read and write them:
+    // row m of slice z starts at m * batch * (K + pad_a) + z * (K + pad_a) (C likewise).
+    bool inter = false;
 };
 
 std::mt19937 g_rng(20261124);
@@ -79,10 +82,12 @@ std::mt19937 g_rng(20261124);
 // reference; returns the C buffer as bytes for determinism checks.
 std::vector<unsigned char> run_case(const Shape& s, int sm_count, GemmPath path, int force_kernel,
                                     int force_splits, const char* label, int expect_kernel = -2) {
-    const int64_t lda = s.K + s.pad_a, ldb = s.K + s.pad_b, ldc = s.N + s.pad_c;
-    const int64_t sa = s.M * lda + s.gap, sb = int64_t(s.N) * ldb + s.gap,
-                  sc = s.M * ldc + s.gap;
-    const size_t na = size_t(sa) * s.batch, nb = size_t(sb) * s.batch, nc = size_t(sc) * s.batch;
+    const int64_t kw = s.K + s.pad_a, nw = s.N + s.pad_c, ldb = s.K + s.pad_b;
+    const int64_t lda = s.inter ? kw * s.batch : kw, ldc = s.inter ? nw * s.batch : nw;
+    const int64_t sa = s.inter ? kw : s.M * lda + s.gap, sb = int64_t(s.N) * ldb + s.gap,
+                  sc = s.inter ? nw : s.M * ldc + s.gap;
+    const size_t na = s.inter ? size_t(s.M) * lda : size_t(sa) * s.batch,
+                 nb = size_t(sb) * s.batch, nc = s.inter ? size_t(s.M) * ldc : size_t(sc) * s.batch;
     std::normal_distribution<float> nd(0.f, 1.f);
     std::vector<float> a(na);
     std::vector<uint16_t> b(nb);
@@ -142,7 +147,7 @@ std::vector<unsigned char> run_case(const Shape& s, int sm_count, GemmPath path,
     double worst = 0;
     for (int z = 0; z < s.batch; ++z)
         for (int m = 0; m < s.M; ++m)
-            for (int64_t n = 0; n < ldc; ++n) {
+            for (int64_t n = 0; n < nw; ++n) {
                 const size_t ci = size_t(z * sc + m * ldc + n);
                 float c;
                 if (s.c_f32) std::memcpy(&c, out.data() + ci * 4, 4);
@@ -235,8 +240,108 @@ int main() {
     run_case({70, 65, 96, 2, false, true, 0, 0, 0, 3}, sms, GemmPath::Auto, -1, 0, "odd gap", -1);
     run_case({130, 129, 136, 2, true, true, 0, 0, 0, 0}, sms, GemmPath::Simple, -1, 0, "simple",
              -1);
+    // The layer's six products with the automatic plan, as CudaLayer runs them (A and C
+    // layouts included: the per-head products read q_nope out of q rows and write q_abs rows
+    // whose RoPE columns they must not touch), for a small golden-file config, a 32-head
+    // hidden-4096 config, and DeepSeek-V3 at decode sizes.
+    {
+        struct Cfg {
+            int D, H, ql, dc, dn, dr, dv;
+            std::vector<int> Ms;
+        };
+        const Cfg cfgs[] = {{256, 8, 128, 512, 128, 64, 128, {1, 5, 16, 17, 64, 65, 128, 200}},
+                            {4096, 32, 1536, 512, 128, 64, 128, {1, 5, 16, 65}},
+                            {7168, 128, 1536, 512, 128, 64, 128, {1, 5}}};
+        for (const Cfg& c : cfgs)
+            for (int M : c.Ms) {
+                const int qk = c.dn + c.dr;
+                run_case({M, c.ql, c.D, 1, true, true, 0, 0, 0, 0}, sms, GemmPath::Auto, -1, 0,
+                         "layer q_a");
+                run_case({M, c.H * qk, c.ql, 1, true, true, 0, 0, 0, 0}, sms, GemmPath::Auto, -1,
+                         0, "layer q_b");
+                run_case({M, c.dc + c.dr, c.D, 1, true, true, 0, 0, 0, 0}, sms, GemmPath::Auto,
+                         -1, 0, "layer kv_a");
+                run_case({M, c.dc, c.dn, c.H, true, true, c.dr, 0, c.dr, 0, true}, sms,
+                         GemmPath::Auto, -1, 0, "layer W_UK");
+                run_case({M, c.dv, c.dc, c.H, true, false, 0, 0, 0, 0, true}, sms,
+                         GemmPath::Auto, -1, 0, "layer W_UV");
+                run_case({M, c.D, c.H * c.dv, 1, false, true, 0, 0, 0, 0}, sms, GemmPath::Auto,
+                         -1, 0, "layer o_proj");
+            }
+    }
     // Larger: a prefill-like product on the 128 x 128 tiles.
     run_case({600, 520, 1536, 1, false, true, 0, 0, 0, 0}, sms, GemmPath::Auto, -1, 0, "large", 2);
+
+    // Two split GEMMs with different counter regions taking turns on one workspace (as the
+    // layer's projections do): the small plan's partial sums would land on counters of the big
+    // one unless gemm_share_workspace gives them one counter region.
+    {
+        const int M = 5, K = 1024, Nb = 8192, Ns = 64;
+        std::normal_distribution<float> nd(0.f, 1.f);
+        std::vector<float> a(size_t(M) * K);
+        std::vector<uint16_t> bb(size_t(Nb) * K), bs(size_t(Ns) * K);
+        for (auto& v : a) v = nd(g_rng);
+        for (auto& v : bb) v = to_bf16(nd(g_rng) * 0.05f);
+        for (auto& v : bs) v = to_bf16(nd(g_rng) * 0.05f);
+        Dev da(a.size() * 4), dbb(bb.size() * 2), dbs(bs.size() * 2), dcb(size_t(M) * Nb * 4),
+            dcs(size_t(M) * Ns * 4);
+        CK(cudaMemcpy(da.p, a.data(), a.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dbb.p, bb.data(), bb.size() * 2, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dbs.p, bs.data(), bs.size() * 2, cudaMemcpyHostToDevice));
+        GemmDesc gb;
+        gb.A = da.p;
+        gb.a_f32 = true;
+        gb.lda = K;
+        gb.B = static_cast<const uint16_t*>(dbb.p);
+        gb.ldb = K;
+        gb.C = dcb.p;
+        gb.c_f32 = true;
+        gb.ldc = Nb;
+        gb.M = M;
+        gb.N = Nb;
+        gb.K = K;
+        GemmDesc gs = gb;
+        gs.B = static_cast<const uint16_t*>(dbs.p);
+        gs.C = dcs.p;
+        gs.ldc = Ns;
+        gs.N = Ns;
+        GemmPlan plans[2] = {gemm_plan(gb, sms, GemmPath::Auto, 0, 4),
+                             gemm_plan(gs, sms, GemmPath::Auto, 0, 8)};
+        EXPECT(plans[0].counter_bytes > plans[1].counter_bytes && plans[1].splits > 1,
+               "shared workspace: counters %zu / %zu, splits %d", plans[0].counter_bytes,
+               plans[1].counter_bytes, plans[1].splits);
+        const size_t wsb = gemm_share_workspace(plans, 2);
+        EXPECT(plans[0].counter_bytes == plans[1].counter_bytes, "shared workspace: one counter region");
+        Dev dw(wsb);
+        CK(cudaMemset(dw.p, 0, plans[0].counter_bytes));
+        for (int rep = 0; rep < 3; ++rep) {
+            CK(cudaMemset(dcb.p, 0xff, size_t(M) * Nb * 4));
+            gemm_run(gb, plans[0], dw.p, nullptr);
+            gemm_run(gs, plans[1], dw.p, nullptr);
+        }
+        CK(cudaDeviceSynchronize());
+        std::vector<float> cb(size_t(M) * Nb), cs(size_t(M) * Ns);
+        CK(cudaMemcpy(cb.data(), dcb.p, cb.size() * 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(cs.data(), dcs.p, cs.size() * 4, cudaMemcpyDeviceToHost));
+        int bad = 0;
+        for (int which = 0; which < 2; ++which) {
+            const int N = which ? Ns : Nb;
+            const std::vector<uint16_t>& b = which ? bs : bb;
+            const std::vector<float>& c = which ? cs : cb;
+            for (int m = 0; m < M; ++m)
+                for (int n = 0; n < N; ++n) {
+                    double ref = 0, mag = 0;
+                    for (int k = 0; k < K; ++k) {
+                        const double x = from_bf16(to_bf16(a[size_t(m) * K + k]));
+                        const double y = from_bf16(b[size_t(n) * K + k]);
+                        ref += x * y;
+                        mag += std::fabs(x * y);
+                    }
+                    if (!(std::fabs(c[size_t(m) * N + n] - ref) <= 1e-5 * mag + 1e-30)) ++bad;
+                }
+        }
+        EXPECT(bad == 0, "shared workspace: %d wrong elements", bad);
+    }
 
     // A chain of dependent GEMMs launched as programmatic dependents (as the layer does):
     // C1 = A . B1^T (bf16, split-K), C2 = C1 . B2^T (split-K, sharing the workspace), repeated:

@@ -63,7 +63,11 @@ class CudaAttentionTest {
         }
         String what = "H " + heads + ", q/out " + io + ", cache " + cacheType + ", " + mode + ", causal " + causal;
         double cacheErr = TestSupport.relErr(gpu.cache(), cpu.cache());
-        assertTrue(cacheErr <= (cacheType == DType.F32 ? TestSupport.TOL_F32 : TestSupport.TOL_BF16),
+        // bf16 kv_a rows: both backends round the normalized latent to bf16 (transformers'
+        // RMSNorm), and their f32 values before that rounding differ in the last bits, so a value
+        // near a rounding boundary may land one bf16 step apart even in an f32 cache.
+        boolean exact = cacheType == DType.F32 && kv == DType.F32;
+        assertTrue(cacheErr <= (exact ? TestSupport.TOL_F32 : TestSupport.TOL_BF16),
                 what + ": cache written on the GPU against the CPU's: " + cacheErr);
         double outErr = TestSupport.relErr(gpu.out(), cpu.out());
         double lseErr = TestSupport.relErr(gpu.lse(), cpu.lse());
