@@ -7,13 +7,23 @@
 // a key tile hits L2. A segment is (sequence, pass); pass p holds head tiles p*R .. p*R+R-1.
 // A segment's keys are cut into tiles of BN keys ("units"; an empty sequence still counts one
 // unit so that someone writes its output). All segments' units are laid end to end and cut into
-// NG equal ranges, one per group of a single persistent wave: every SM gets the same number of
-// key tiles whatever the lengths are. A CTA walks its range segment by segment; a segment
-// covered by one group is written straight to out, a segment cut between groups leaves f32
-// partials (O, lse) in the workspace that the combine kernel merges.
+// NG contiguous ranges, one per group of a single persistent wave. A CTA walks its range segment
+// by segment; a segment covered by one group is written straight to out, a segment cut between
+// groups leaves f32 partials (O, lse) in the workspace that the combine kernel merges.
+// The plan chooses the cuts: a cut piece costs about P units more than its keys (its own
+// pipeline fill and Q load, the partials written and combined), so besides the equal split
+// (ranges of U / NG units) it tries capacities C from ceil(U / NG) up to ~1.25x and one derived
+// from the longest segment, the ideal boundaries k * C snapped to a segment edge (to the nearer
+// one, or to one within C / 4, else cut), and keeps the candidate whose busiest group costs
+// least (units + P per cut piece; ties: the equal split). No candidate may give a group more
+// than ~1.25x the equal share: where groups hold few units (B = 1), the pieces of a cut
+// sequence run side by side and their overhead is off the critical path. Uniform batches then
+// get whole sequences (or equal halves) per group and leave a few groups idle; a long sequence
+// is still cut across many groups. P = DeviceInfo::cut_penalty (MLA_CUDA_CUT_PENALTY; <= 0:
+// the equal split).
 //
-// The plan (one CTA, on device) writes the segment table and the list of cut segments into
-// the metadata buffer; run reads it, so neither needs a host sync.
+// The plan (one CTA, on device) writes the segment table, the group boundaries and the list of
+// cut segments into the metadata buffer; run reads it, so neither needs a host sync.
 //
 // Kernels for the fast path (dc = 512, dr = 64, bf16 cache):
 //   decode_ws_kernel     sm_90a, 64-row tiles: warp-specialized (scores+softmax | loads+P V),
@@ -55,7 +65,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 // ------------------------------------------------------------------------------------------
 // Metadata layout (int32): header, then
 //   seg_b[Smax], seg_m[Smax], seg_prefix[Smax + 1], split[G], seq_segoff[B + 1],
-//   seq_unitoff[B + 1]
+//   seq_unitoff[B + 1], bnd[G + 1]
+// bnd[g] .. bnd[g + 1] is the unit range of group g (bnd[0] = 0, bnd[NG] = U; an empty range:
+// an idle group).
 // header: [0] U (units), [1] S (segments), [2] number of cut segments, [3] groups, [4] M,
 // [5] BN, [6] R. A segment is (sequence, pass): pass p covers head tiles p*R .. p*R+R-1, one per
 // CTA of a group.
@@ -68,7 +80,8 @@ struct Layout {
     __host__ __device__ int64_t split() const { return kHeader + 3 * smax + 1; }
     __host__ __device__ int64_t seq_segoff() const { return split() + g; }
     __host__ __device__ int64_t seq_unitoff() const { return seq_segoff() + b + 1; }
-    __host__ __device__ int64_t total_ints() const { return seq_unitoff() + b + 1; }
+    __host__ __device__ int64_t bnd() const { return seq_unitoff() + b + 1; }
+    __host__ __device__ int64_t total_ints() const { return bnd() + g + 1; }
 };
 
 // Rows per tile for a head count: 16, 32 or 64.
@@ -116,13 +129,15 @@ Sched schedule(const DeviceInfo& dev, int B, int T, int H) {
     return s;
 }
 
-__host__ __device__ inline int owner_of(int64_t u, int64_t U, int64_t G) {
-    // largest g with floor(g * U / G) <= u
-    int64_t g = ((u + 1) * G - 1) / U;
-    return int(g < G - 1 ? g : G - 1);
-}
-__host__ __device__ inline int64_t range_begin(int64_t g, int64_t U, int64_t G) {
-    return g * U / G;
+// The group whose range holds unit u (u < U): the last g < NG with bnd[g] <= u (idle groups,
+// bnd[g] == bnd[g + 1], are passed over).
+__device__ __forceinline__ int owner_in(const int32_t* bnd, int NG, int u) {
+    int lo = 0, hi = NG - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (bnd[mid] <= u) lo = mid; else hi = mid - 1;
+    }
+    return lo;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -133,14 +148,51 @@ struct PlanArgs {
     const int32_t* seq_lens;
     int32_t* md;
     int B, H, M, BN, G, R;  // G: groups (NG)
+    int penalty4;           // cost of a cut piece in quarter units; <= 0: the equal split
     Layout lay;
 };
 
 constexpr int kPlanThreads = 1024;
+constexpr int kPlanMaxGroups = 192;   // more groups than this: the equal split
+constexpr int kPlanCaps = 16;         // capacities ceil(U / NG) * (1 + j / 64), j < kPlanCaps
+// candidates: 0 the equal split; 1, 2 the capacity derived from the longest segment (snap to the
+// nearer edge, snap within C / 4); then each of the kPlanCaps capacities in both modes
+constexpr int kPlanCands = 3 + 2 * kPlanCaps;
+
+// A candidate's ideal boundary k is floor(k * num / den); mode 0: snap to the nearer segment
+// edge, 1: snap to an edge within C / 4, else cut, 2: cut where it falls.
+struct PlanCand {
+    int64_t num, den;
+    int mode, cap;
+};
+__device__ __forceinline__ PlanCand plan_cand(int c, int U, int NG, int cmin, int cder) {
+    PlanCand k;
+    if (c == 0) {
+        k.num = U; k.den = NG; k.mode = 2; k.cap = cmin;
+    } else {
+        k.cap = c < 3 ? cder : cmin + (c - 3) / 2 * cmin / 64;
+        k.num = k.cap; k.den = 1; k.mode = (c - 1) & 1;
+    }
+    return k;
+}
+// boundary x inside segment [p0, p1) (p0 <= x < p1) after snapping, encoded 2 * value + (cut)
+__device__ __forceinline__ int plan_snap(int x, int p0, int p1, const PlanCand& k) {
+    if (x == p0) return 2 * x;
+    const int d = x - p0, u = p1 - x;
+    if (k.mode == 0) return 2 * (d <= u ? p0 : p1);
+    if (k.mode == 1) {
+        const int tol = k.cap / 4;
+        if (d <= tol) return 2 * p0;
+        if (u <= tol) return 2 * p1;
+    }
+    return 2 * x + 1;
+}
 
 __global__ void __launch_bounds__(kPlanThreads) plan_kernel(PlanArgs a) {
     __shared__ int s_a[kPlanThreads], s_u[kPlanThreads];
-    __shared__ int s_carry_a, s_carry_u, s_nsplit;
+    __shared__ int s_carry_a, s_carry_u, s_nsplit, s_szmax, s_best;
+    __shared__ int s_bnd[kPlanCands][kPlanMaxGroups + 1];
+    __shared__ int s_cost[kPlanCands];
     const int tid = threadIdx.x;
     int32_t* seg_b = a.md + a.lay.seg_b();
     int32_t* seg_m = a.md + a.lay.seg_m();
@@ -148,7 +200,8 @@ __global__ void __launch_bounds__(kPlanThreads) plan_kernel(PlanArgs a) {
     int32_t* split = a.md + a.lay.split();
     int32_t* seq_segoff = a.md + a.lay.seq_segoff();
     int32_t* seq_unitoff = a.md + a.lay.seq_unitoff();
-    if (tid == 0) { s_carry_a = 0; s_carry_u = 0; s_nsplit = 0; }
+    int32_t* bnd = a.md + a.lay.bnd();
+    if (tid == 0) { s_carry_a = 0; s_carry_u = 0; s_nsplit = 0; s_szmax = 1; }
     __syncthreads();
     for (int base = 0; base < a.B; base += kPlanThreads) {
         const int b = base + tid;
@@ -159,6 +212,7 @@ __global__ void __launch_bounds__(kPlanThreads) plan_kernel(PlanArgs a) {
             mt = n > 0 ? int(((int64_t(n) * a.H + a.M - 1) / a.M + a.R - 1) / a.R) : 0;
             const int units = max(1, (L + a.BN - 1) / a.BN);
             un = mt * units;
+            if (mt > 0) atomicMax(&s_szmax, units);
         }
         s_a[tid] = mt;
         s_u[tid] = un;
@@ -182,7 +236,7 @@ __global__ void __launch_bounds__(kPlanThreads) plan_kernel(PlanArgs a) {
         }
         __syncthreads();
     }
-    const int S = s_carry_a, U = s_carry_u;
+    const int S = s_carry_a, U = s_carry_u, NG = a.G;
     if (tid == 0) {
         seq_segoff[a.B] = S;
         seq_unitoff[a.B] = U;
@@ -201,10 +255,87 @@ __global__ void __launch_bounds__(kPlanThreads) plan_kernel(PlanArgs a) {
         }
     }
     __syncthreads();
+
+    // group boundaries, kept in shared memory (s_a, free after the scan) where they fit
+    int* fb = NG < kPlanThreads ? s_a : bnd;
+    if (a.penalty4 > 0 && NG <= kPlanMaxGroups && U > 0) {
+        const int cmin = (U + NG - 1) / NG;
+        const int sz = s_szmax;
+        const int cder = sz <= cmin ? (cmin + sz - 1) / sz * sz : (sz + sz / cmin - 1) / (sz / cmin);
+        for (int i = tid; i < kPlanCands * (NG + 1); i += kPlanThreads) {
+            const int c = i / (NG + 1), k = i - c * (NG + 1);
+            s_bnd[c][k] = k == 0 ? 0 : 2 * U;
+            if (k == 0) s_cost[c] = 0;
+        }
+        __syncthreads();
+        // the ideal boundaries that fall inside each segment, snapped (32-bit arithmetic where
+        // every product fits: U * (NG + 1) * 2 < 2^32). With few segments (long ones hold many
+        // boundaries) up to 32 threads share one (segment, candidate) pair.
+        const bool narrow = uint64_t(U) * uint64_t(NG + 1) * 2u < (uint64_t(1) << 32);
+        const int ways = max(1, min(32, kPlanThreads / (S * kPlanCands)));
+        for (int i = tid; i < S * kPlanCands * ways; i += kPlanThreads) {
+            const int item = i / ways, sub = i - item * ways;
+            const int s = item / kPlanCands, c = item - s * kPlanCands;
+            const int p0 = seg_prefix[s], p1 = seg_prefix[s + 1];
+            const PlanCand k = plan_cand(c, U, NG, cmin, cder);
+            // floor(j * num / den) >= p  <=>  j >= ceil(p * den / num)
+            if (narrow) {
+                const uint32_t num = uint32_t(k.num), den = uint32_t(k.den);
+                const uint32_t j0 = max(1u, (uint32_t(p0) * den + num - 1) / num);
+                const uint32_t j1 = min(uint32_t(NG) - 1, (uint32_t(p1) * den + num - 1) / num - 1);
+                for (uint32_t j = j0 + sub; j <= j1; j += ways)
+                    s_bnd[c][j] = plan_snap(int(den == 1 ? j * num : j * num / den), p0, p1, k);
+            } else {
+                const int64_t j0 = max(int64_t(1), (int64_t(p0) * k.den + k.num - 1) / k.num);
+                const int64_t j1 = min(int64_t(NG) - 1, (int64_t(p1) * k.den + k.num - 1) / k.num - 1);
+                for (int64_t j = j0 + sub; j <= j1; j += ways)
+                    s_bnd[c][j] = plan_snap(int(j * k.num / k.den), p0, p1, k);
+            }
+        }
+        __syncthreads();
+        // cost of a candidate: its busiest group (4 per unit + penalty4 per cut piece). No group
+        // may hold more than cmin + max(1, cmin / 4) units: where the groups are short (few
+        // units per group, e.g. B = 1) cut pieces run side by side and cost little, while one
+        // group walking a whole sequence is slow.
+        const int limit = cmin + max(1, cmin / 4);
+        for (int i = tid; i < kPlanCands * NG; i += kPlanThreads) {
+            const int c = i / NG, k = i - c * NG;
+            const int lo = s_bnd[c][k], hi = s_bnd[c][k + 1];
+            int cost = 0;
+            if (hi / 2 > lo / 2) cost = 4 * (hi / 2 - lo / 2) + a.penalty4 * ((lo & 1) + (hi & 1));
+            if (hi / 2 < lo / 2 || (c > 0 && hi / 2 - lo / 2 > limit))
+                cost = 0x7fffffff;  // not monotone (cannot happen), or too long a group
+            atomicMax(&s_cost[c], cost);
+        }
+        __syncthreads();
+        if (tid < 32) {
+            int best = 0x7fffffff, bi = 0;
+            for (int c = tid; c < kPlanCands; c += 32)
+                if (s_cost[c] < best) { best = s_cost[c]; bi = c; }
+            for (int o = 16; o > 0; o >>= 1) {
+                const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (ob < best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+            }
+            if (tid == 0) s_best = bi;
+        }
+        __syncthreads();
+        for (int k = tid; k <= NG; k += kPlanThreads) fb[k] = s_bnd[s_best][k] / 2;
+    } else {
+        for (int k = tid; k <= NG; k += kPlanThreads) fb[k] = int(int64_t(k) * U / NG);
+    }
+    __syncthreads();
+    if (fb != bnd)
+        for (int k = tid; k <= NG; k += kPlanThreads) bnd[k] = fb[k];
     for (int s = tid; s < S; s += kPlanThreads) {
-        const int g0 = owner_of(seg_prefix[s], U, a.G);
-        const int g1 = owner_of(seg_prefix[s + 1] - 1, U, a.G);
-        if (g0 != g1) split[atomicAdd(&s_nsplit, 1)] = s;
+        const int p0 = seg_prefix[s], p1 = seg_prefix[s + 1];
+        // cut: some boundary strictly inside (p0, p1)
+        int lo = 0, hi = NG;  // first k with bnd[k] > p0 (bnd[NG] = U > p0)
+        while (lo < hi) {
+            const int mid = (lo + hi) >> 1;
+            if (fb[mid] > p0) hi = mid; else lo = mid + 1;
+        }
+        if (fb[lo] < p1) split[atomicAdd(&s_nsplit, 1)] = s;
     }
     __syncthreads();
     if (tid == 0) {
@@ -278,7 +409,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_mma_kernel(RunArgs a) {
     const int grp = g / a.R, rr = g - grp * a.R;
     const int U = a.md[0], S = a.md[1];
     if (U <= 0) return;
-    const int64_t ubeg = range_begin(grp, U, a.NG), uend = range_begin(grp + 1, U, a.NG);
+    const int64_t ubeg = a.md[a.lay.bnd() + grp], uend = a.md[a.lay.bnd() + grp + 1];
     if (ubeg >= uend) return;
     const int32_t* seg_b = a.md + a.lay.seg_b();
     const int32_t* seg_m = a.md + a.lay.seg_m();
@@ -305,7 +436,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_mma_kernel(RunArgs a) {
         const int ntiles = (L + BN - 1) / BN;
         const int t0 = int((ubeg > p0 ? ubeg : int64_t(p0)) - p0);
         const int t1 = min(int((uend < p1 ? uend : int64_t(p1)) - p0), ntiles);
-        const bool cut = owner_of(p0, U, a.NG) != owner_of(p1 - 1, U, a.NG);
+        const bool cut = p0 < ubeg || p1 > uend;  // not all of it in this group's range
         const int slot = 2 * g + (ubeg >= p0 ? 0 : 1);
 
         __syncthreads();  // previous piece fully done with shared memory
@@ -606,7 +737,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_wgmma_kernel(RunArgs a) {
     const int grp = g / a.R, rr = g - grp * a.R;
     const int U = a.md[0], S = a.md[1];
     if (U <= 0) return;
-    const int64_t ubeg = range_begin(grp, U, a.NG), uend = range_begin(grp + 1, U, a.NG);
+    const int64_t ubeg = a.md[a.lay.bnd() + grp], uend = a.md[a.lay.bnd() + grp + 1];
     if (ubeg >= uend) return;
     const int32_t* seg_b = a.md + a.lay.seg_b();
     const int32_t* seg_m = a.md + a.lay.seg_m();
@@ -629,7 +760,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_wgmma_kernel(RunArgs a) {
         const int ntiles = (L + BN - 1) / BN;
         const int t0 = int((ubeg > p0 ? ubeg : int64_t(p0)) - p0);
         const int t1 = min(int((uend < p1 ? uend : int64_t(p1)) - p0), ntiles);
-        const bool cut = owner_of(p0, U, a.NG) != owner_of(p1 - 1, U, a.NG);
+        const bool cut = p0 < ubeg || p1 > uend;  // not all of it in this group's range
         const int slot = 2 * g + (ubeg >= p0 ? 0 : 1);
 
         __syncthreads();
@@ -951,12 +1082,12 @@ __device__ __forceinline__ WsPiece ws_piece(const RunArgs& a, const int32_t* seg
     // units are counted in 64-key tiles by the plan (BN = 64): two 32-key tiles per unit
     p.t0 = 2 * int((ubeg > p0 ? ubeg : int64_t(p0)) - p0);
     p.t1 = min(2 * int((uend < p1 ? uend : int64_t(p1)) - p0), ntiles);
-    p.cut = owner_of(p0, U, a.NG) != owner_of(p1 - 1, U, a.NG);
+    p.cut = p0 < ubeg || p1 > uend;
     p.slot = 2 * g + (ubeg >= p0 ? 0 : 1);
     return p;
 }
 
-// The part of ws_piece that the loaders and the Q prefetch need (no owner_of, no slot).
+// The part of ws_piece that the loaders and the Q prefetch need (no cut flag, no slot).
 struct WsKeys {
     int b, L, t0, t1;
     bool skip;
@@ -1029,7 +1160,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
     const int grp = g / a.R, rr = g - grp * a.R;
     const int U = a.md[0], S = a.md[1];
     if (U <= 0) return;
-    const int64_t ubeg = range_begin(grp, U, a.NG), uend = range_begin(grp + 1, U, a.NG);
+    const int64_t ubeg = a.md[a.lay.bnd() + grp], uend = a.md[a.lay.bnd() + grp + 1];
     if (ubeg >= uend) return;
     const int32_t* seg_b = a.md + a.lay.seg_b();
     const int32_t* seg_m = a.md + a.lay.seg_m();
@@ -1053,6 +1184,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
         for (int s = lo; in_range(s); ++s) {
             const WsPiece pc = piece(s);
             if (pc.skip || pc.t0 >= pc.t1) continue;
+            // the previous piece's Q reads (ldmatrix by every warp) before this piece's writes
+            if (pp > 0) asm volatile("bar.sync 1, 128;\n" ::: "memory");
             // Q tile (this warpgroup is its only reader)
             for (int i = tid; i < M * kChunks; i += 128) {
                 const int r = i / kChunks, c = i - r * kChunks;
@@ -1587,7 +1720,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_wsp_kernel(RunArgs a) {
     const int grp = g / a.R, rr = g - grp * a.R;
     const int U = a.md[0], S = a.md[1];
     if (U <= 0) return;
-    const int64_t ubeg = range_begin(grp, U, a.NG), uend = range_begin(grp + 1, U, a.NG);
+    const int64_t ubeg = a.md[a.lay.bnd() + grp], uend = a.md[a.lay.bnd() + grp + 1];
     if (ubeg >= uend) return;
     const int32_t* seg_b = a.md + a.lay.seg_b();
     const int32_t* seg_m = a.md + a.lay.seg_m();
@@ -1950,7 +2083,6 @@ __global__ void __launch_bounds__(256) combine_kernel(RunArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the decode grid's partials
 #endif
-    const int U = a.md[0];
     const int s = a.md[a.lay.split() + idx];
     const int b = a.md[a.lay.seg_b() + s];
     const int rblocks = (a.M + 7) / 8;
@@ -1966,7 +2098,8 @@ __global__ void __launch_bounds__(256) combine_kernel(RunArgs a) {
     if (R >= n * a.H) return;
     const int j = R / a.H, h = R - j * a.H;
     const int64_t qrow = int64_t(qo0 + j) * a.H + h;
-    const int g0 = owner_of(p0, U, a.NG), g1 = owner_of(p1 - 1, U, a.NG);
+    const int32_t* bnd = a.md + a.lay.bnd();
+    const int g0 = owner_in(bnd, a.NG, p0), g1 = owner_in(bnd, a.NG, p1 - 1);
 
     // Pieces are the non-empty groups g0..g1. Lanes read their lse values in parallel; the
     // weighted sum then streams 4 pieces per step so that several loads are in flight.
@@ -1974,8 +2107,8 @@ __global__ void __launch_bounds__(256) combine_kernel(RunArgs a) {
     __shared__ int s_slot[8][kCombineChunk];
     const int np = g1 - g0 + 1;
     auto slot_of = [&](int g) -> int {
-        const int64_t rb = range_begin(g, U, a.NG);
-        if (rb == range_begin(g + 1, U, a.NG)) return -1;
+        const int rb = bnd[g];
+        if (rb == bnd[g + 1]) return -1;
         return 2 * (g * a.R + rr) + (rb >= p0 ? 0 : 1);
     };
     float mx = -INFINITY;
@@ -2218,6 +2351,12 @@ int log2_exact(int v) {
 
 void attention_init(DeviceInfo& dev, bool allow_wgmma) {
     dev.wgmma = false;
+    // MLA_CUDA_CUT_PENALTY: the plan's cost of a cut piece in 64-key units (<= 0: the equal split)
+    if (const char* cp = std::getenv("MLA_CUDA_CUT_PENALTY")) {
+        char* end = nullptr;
+        const float v = std::strtof(cp, &end);
+        if (end != cp && std::isfinite(v)) dev.cut_penalty = std::min(v, 1.0e6f);
+    }
     if (allow_wgmma && dev.cc_major == 9 && dev.cc_minor == 0 && kWgSmem <= dev.smem_optin) {
         int* d = nullptr;
         int h = 0;
@@ -2348,6 +2487,7 @@ void attention_plan(const DeviceInfo& dev, const AttentionParams& p, void* metad
     a.BN = s.BN;
     a.G = s.NG;
     a.R = s.R;
+    a.penalty4 = dev.cut_penalty > 0.f ? std::max(1, int(std::lround(4.f * dev.cut_penalty))) : 0;
     a.lay = Layout{s.smax, s.G, p.num_seqs};
     plan_kernel<<<1, kPlanThreads, 0, stream>>>(a);
     check_launch("attention plan kernel");

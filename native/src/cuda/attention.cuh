@@ -23,6 +23,8 @@ struct DeviceInfo {
     int ws_preg = 0;         // ... softmax in the P V warpgroups, P in registers (1; 2: overlapped)
     int ws_fx = 0;           // ... cheaper softmax: 1, 3 (+ 1 chain, Q 24, prefetch); 2, 4: S overlap
     bool pdl = false;        // programmatic dependent launch of the sm_90a kernel + combine
+    float cut_penalty = 8.f; // plan: cost of a cut piece in 64-key units (MLA_CUDA_CUT_PENALTY;
+                             // <= 0: equal ranges)
 };
 
 // Call once per device before any launch: raises the kernels' dynamic shared-memory limits and

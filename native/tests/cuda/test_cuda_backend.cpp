@@ -312,6 +312,19 @@ void test_attention(Backend* be) {
     cases.push_back({"mtp n=4 noncausal H32 page64", 2, 32, 512, 64, 64, BF, BF, BF, 0, {4, 1}, {90, 70}});
     cases.push_back({"prefill-ish n=40 causal H16", 1, 16, 512, 64, 16, BF, BF, F, 1, {40}, {100}});
     cases.push_back({"uneven B64 H128 page64", 64, 128, 512, 64, 64, BF, BF, BF, 1, std::vector<int>(64, 1), rand_lens(rng, 64, 0, 2500)});
+    // the plan's group boundaries: whole sequences per group, a long sequence among short ones
+    // (cut across many groups), many tiny sequences (own generator: the data of the cases above
+    // stay as they were)
+    std::mt19937 rng2(4321);
+    cases.push_back({"uniform B100 H128 L130 whole seqs", 100, 128, 512, 64, 64, BF, BF, BF, 1, std::vector<int>(100, 1), std::vector<int>(100, 130)});
+    cases.push_back({"uniform B40 H64 L50", 40, 64, 512, 64, 16, BF, BF, F, 1, std::vector<int>(40, 1), std::vector<int>(40, 50)});
+    cases.push_back({"uniform B24 H128 L2000 halves", 24, 128, 512, 64, 64, BF, BF, BF, 1, std::vector<int>(24, 1), std::vector<int>(24, 2000)});
+    cases.push_back({"long among short B9 H128", 9, 128, 512, 64, 64, BF, BF, F, 1, std::vector<int>(9, 1), {30, 100, 20000, 5, 64, 65, 1, 300, 0}});
+    cases.push_back({"long among short B6 H16", 6, 16, 512, 64, 32, BF, BF, BF, 1, std::vector<int>(6, 1), {10, 9000, 20, 3000, 1, 0}});
+    cases.push_back({"mtp n=2 long among short H64", 4, 64, 512, 64, 64, BF, BF, F, 1, {2, 2, 2, 2}, {2, 6000, 70, 130}});
+    cases.push_back({"tiny B1030 H128", 1030, 128, 512, 64, 64, BF, BF, BF, 1, std::vector<int>(1030, 1), rand_lens(rng2, 1030, 0, 40)});
+    cases.push_back({"tiny B1200 H32", 1200, 32, 512, 64, 16, BF, BF, F, 1, std::vector<int>(1200, 1), rand_lens(rng2, 1200, 0, 150)});
+    cases.push_back({"tiny B1000 H16 L<=2", 1000, 16, 512, 64, 16, BF, BF, BF, 1, std::vector<int>(1000, 1), rand_lens(rng2, 1000, 0, 2)});
     cases.push_back({"generic f32 cache H8 page16", 3, 8, 512, 64, 16, F, F, F, 1, {1, 2, 1}, {50, 300, 0}});
     cases.push_back({"generic dc=128 dr=32 bf16", 2, 4, 128, 32, 8, BF, BF, F, 1, {1, 1}, {33, 200}});
     cases.push_back({"generic dc=96 dr=16 f32 noncausal", 2, 3, 96, 16, 4, F, F, BF, 0, {2, 1}, {20, 9}});
@@ -390,10 +403,128 @@ void test_attention_errors(Backend* be) {
     EXPECT(oom, "huge alloc reports MLA_ERROR_OUT_OF_MEMORY");
 }
 
+// The plan's group boundaries, read back from the metadata. White-box: relies on the internal
+// layout (header md[0] = units U, md[2] = cut segments, md[3] = groups NG, md[6] = CTAs per group
+// R; the NG + 1 group boundaries start G + 1 = NG * R + 1 ints before the end of a buffer sized
+// for exactly this batch).
+struct PlanView {
+    int U = 0, nsplit = 0, NG = 0;
+    std::vector<int> bnd;
+    int max_group() const {
+        int m = 0;
+        for (int k = 0; k < NG; ++k) m = std::max(m, bnd[k + 1] - bnd[k]);
+        return m;
+    }
+};
+
+PlanView plan_only(Backend* be, int H, const std::vector<int>& lens) {
+    const int B = int(lens.size());
+    std::vector<int> qo(B + 1);
+    std::iota(qo.begin(), qo.end(), 0);
+    DevBuf d_qo(be, qo.size() * 4), d_len(be, lens.size() * 4);
+    d_qo.upload(qo.data(), qo.size() * 4);
+    d_len.upload(lens.data(), lens.size() * 4);
+    AttentionParams p;
+    p.num_seqs = B;
+    p.num_tokens = B;
+    p.num_heads = H;
+    p.qo_indptr = d_qo.as<int32_t>();
+    p.seq_lens = d_len.as<int32_t>();
+    p.cache = CacheDesc{nullptr, DType::BF16, 1, 64, 512, 64};
+    const size_t mdb = be->attention_metadata_bytes(B, B, H, 512);
+    DevBuf d_md(be, mdb);
+    be->attention_plan(p, d_md.p, mdb, nullptr);
+    std::vector<int> md(mdb / 4);
+    d_md.download(md.data(), mdb);
+    PlanView v;
+    v.U = md[0];
+    v.nsplit = md[2];
+    v.NG = md[3];
+    const size_t G = size_t(md[3]) * md[6];
+    const size_t off = md.size() - (G + 1);
+    v.bnd.assign(md.begin() + off, md.begin() + off + v.NG + 1);
+    return v;
+}
+
+// Boundaries valid: 0 .. U, non-decreasing; `what` names the batch.
+void check_bounds(const PlanView& v, const char* what) {
+    bool mono = true;
+    for (int k = 0; k < v.NG; ++k) mono = mono && v.bnd[k] <= v.bnd[k + 1];
+    EXPECT(v.NG > 0 && v.bnd.front() == 0 && v.bnd.back() == v.U && mono,
+           "%s: group boundaries not 0 .. U = %d non-decreasing", what, v.U);
+}
+
+void test_plan_bounds(Backend* be) {
+    const char* env = std::getenv("MLA_CUDA_CUT_PENALTY");
+    const bool equal = env && std::atof(env) <= 0.0;
+    const bool dflt = env == nullptr;
+    // the plan never takes a candidate costlier than the equal split (ceil(U / NG) units, up to
+    // 2 cut pieces of P units each; P = 8 by default): its busiest group has at most that
+    const int pen = equal ? 0 : env ? int(std::ceil(std::atof(env))) : 8;
+    auto busiest_bound = [&](const PlanView& v) { return (v.U + v.NG - 1) / v.NG + 2 * pen; };
+    // B128 L4096 H128: 64 units per sequence
+    PlanView v = plan_only(be, 128, std::vector<int>(128, 4096));
+    check_bounds(v, "B128 L4096");
+    if (equal) {
+        bool eq = true;
+        for (int k = 0; k <= v.NG; ++k) eq = eq && v.bnd[k] == int(int64_t(k) * v.U / v.NG);
+        EXPECT(eq, "cut penalty <= 0: boundaries are not the equal split");
+        std::printf("  equal split (MLA_CUDA_CUT_PENALTY=%s): NG=%d, %d cut segments\n", env, v.NG,
+                    v.nsplit);
+    }
+    if (dflt && v.NG == 66) {  // H100 / H200 (132 SMs, 2 CTAs per group)
+        bool whole = true;
+        for (int b : v.bnd) whole = whole && b % 64 == 0;
+        EXPECT(whole && v.nsplit == 0 && v.max_group() == 128,
+               "B128 L4096: expected 2 whole sequences per group (max %d units, %d cuts)",
+               v.max_group(), v.nsplit);
+        v = plan_only(be, 128, std::vector<int>(32, 4096));
+        check_bounds(v, "B32 L4096");
+        bool halves = true;
+        for (int b : v.bnd) halves = halves && b % 32 == 0;
+        EXPECT(halves && v.nsplit == 32 && v.max_group() == 32,
+               "B32 L4096: expected halves of sequences (max %d units, %d cuts)", v.max_group(),
+               v.nsplit);
+        std::printf("  B128 L4096 and B32 L4096 H128: whole sequences / halves per group\n");
+    } else if (dflt) {
+        std::printf("  SKIP: whole-sequence checks need 66 groups (this device: %d)\n", v.NG);
+    }
+    // one long sequence among short ones: still cut across many groups
+    std::vector<int> lens(21, 100);
+    lens[7] = 200000;
+    for (int H : {128, 16}) {
+        v = plan_only(be, H, lens);
+        check_bounds(v, "long among short");
+        const int units = (200000 + 63) / 64;
+        int p0 = 0;
+        for (int b = 0; b < 7; ++b) p0 += (100 + 63) / 64;
+        int groups = 0;
+        for (int k = 0; k < v.NG; ++k)
+            if (v.bnd[k] < p0 + units && v.bnd[k + 1] > p0 && v.bnd[k + 1] > v.bnd[k]) ++groups;
+        EXPECT(groups >= v.NG / 2 && v.nsplit >= 1,
+               "H%d long among short: the long sequence spans %d of %d groups", H, groups, v.NG);
+        EXPECT(v.max_group() <= busiest_bound(v),
+               "H%d long among short: busiest group %d units of U = %d", H, v.max_group(), v.U);
+    }
+    // many tiny sequences
+    std::mt19937 rng(99);
+    std::uniform_int_distribution<int> u(0, 300);
+    std::vector<int> tiny(3000);
+    for (auto& x : tiny) x = u(rng);
+    v = plan_only(be, 128, tiny);
+    check_bounds(v, "B3000 tiny");
+    EXPECT(v.max_group() <= busiest_bound(v), "B3000 tiny: busiest group %d of U = %d",
+           v.max_group(), v.U);
+    std::printf("  plan boundaries: long among short, B3000 tiny (busiest group %d of U = %d, NG = %d)\n",
+                v.max_group(), v.U, v.NG);
+}
+
 // plan + run captured in a CUDA graph and replayed with new lengths.
-void test_graph_capture(Backend* be) {
-    const int B = 4, H = 128, page = 64, stride = 40;
-    std::vector<int> qo = {0, 1, 2, 3, 4};
+template <class LensFn>
+void test_graph_capture(Backend* be, int B, LensFn lens_of) {
+    const int H = 128, page = 64, stride = 40;
+    std::vector<int> qo(B + 1);
+    std::iota(qo.begin(), qo.end(), 0);
     std::vector<int> bt(B * stride);
     std::iota(bt.begin(), bt.end(), 0);
     const int nblk = B * stride;
@@ -402,11 +533,11 @@ void test_graph_capture(Backend* be) {
     std::vector<uint16_t> cache(size_t(nblk) * page * 576), q(size_t(B) * H * 576);
     for (auto& v : cache) v = to_bf16(nd(rng));
     for (auto& v : q) v = to_bf16(nd(rng));
-    DevBuf d_cache(be, cache.size() * 2), d_q(be, q.size() * 2), d_qo(be, 20), d_len(be, 16),
+    DevBuf d_cache(be, cache.size() * 2), d_q(be, q.size() * 2), d_qo(be, qo.size() * 4), d_len(be, B * 4),
         d_bt(be, bt.size() * 4), d_out(be, size_t(B) * H * 512 * 4), d_lse(be, B * H * 4);
     d_cache.upload(cache.data(), cache.size() * 2);
     d_q.upload(q.data(), q.size() * 2);
-    d_qo.upload(qo.data(), 20);
+    d_qo.upload(qo.data(), qo.size() * 4);
     d_bt.upload(bt.data(), bt.size() * 4);
     AttentionParams p;
     p.num_seqs = B;
@@ -437,8 +568,8 @@ void test_graph_capture(Backend* be) {
     e = cudaGraphInstantiate(&exec, graph, 0);
     EXPECT(e == cudaSuccess, "instantiate: %s", cudaGetErrorString(e));
     for (int step = 0; step < 3; ++step) {
-        std::vector<int> lens = {100 + 700 * step, 2500 - 600 * step, 1 + step, 64 * (step + 1)};
-        cudaMemcpy(d_len.p, lens.data(), 16, cudaMemcpyHostToDevice);
+        const std::vector<int> lens = lens_of(step);
+        cudaMemcpy(d_len.p, lens.data(), B * 4, cudaMemcpyHostToDevice);
         cudaGraphLaunch(exec, st);
         cudaStreamSynchronize(st);
         std::vector<float> got(size_t(B) * H * 512), ref(got.size());
@@ -455,7 +586,7 @@ void test_graph_capture(Backend* be) {
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
     cudaStreamDestroy(st);
-    std::printf("  graph capture of plan+run: 3 replays with new lengths\n");
+    std::printf("  graph capture of plan+run, B%d: 3 replays with new lengths\n", B);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -833,7 +964,18 @@ int main() {
         std::printf("attention errors:\n");
         test_attention_errors(be.get());
         std::printf("graph capture:\n");
-        test_graph_capture(be.get());
+        test_graph_capture(be.get(), 4, [](int step) {
+            return std::vector<int>{100 + 700 * step, 2500 - 600 * step, 1 + step, 64 * (step + 1)};
+        });
+        // uniform (whole sequences per group), one long among short, all of length 1
+        test_graph_capture(be.get(), 48, [](int step) {
+            std::vector<int> l(48, step == 0 ? 1024 : 1);
+            if (step == 1)
+                for (int b = 0; b < 48; ++b) l[b] = b == 5 ? 2500 : 1 + (b * 37) % 300;
+            return l;
+        });
+        std::printf("plan boundaries:\n");
+        test_plan_bounds(be.get());
         std::printf("compress:\n");
         test_compress(be.get(), DType::F32, DType::F32, 1, 512, 64);
         test_compress(be.get(), DType::BF16, DType::BF16, 1, 512, 64);
