@@ -37,6 +37,9 @@
 //                        (MLA_CUDA_WS=0)
 //   decode_mma_kernel    any sm_80+ GPU and 16/32-row tiles (H <= 32): mma.sync m16n8k16
 // MLA_CUDA_PDL=1 launches the sm_90a kernels and the combine with programmatic dependent launch.
+// MLA_CUDA_WS_QPF=n / L (next piece's Q prefetched into L2; measured slower) and
+// MLA_CUDA_WS_LEAN=0 (the v12 Q copy and output rows, with an index division per chunk) select
+// variants of decode_ws_kernel.
 // The versions and their measurements: native/bench/cuda/NOTES.md.
 // Anything else (other widths, f32 cache) takes generic_kernel: f32 CUDA cores, one CTA per
 // (token, head); correct, not fast.
@@ -372,6 +375,8 @@ struct RunArgs {
     int R, NG;            // CTAs per group, groups
     float scale_log2;
     Layout lay;
+    int qpf_lead;         // decode_ws_kernel<.., QPF = 1>: tiles before a piece's end at which
+                          // the next piece's Q is prefetched into L2
 };
 
 // Byte offset of 16-byte chunk c of row r in a swizzled [rows][72 chunks] tile.
@@ -1041,6 +1046,11 @@ __device__ __forceinline__ float4 lds128(uint32_t addr) {
                  : "r"(addr));
     return v;
 }
+// Prefetches bytes [p, p + n) into L2 with one bulk copy-engine request (p and n multiples of
+// 16; nothing is written to shared memory, nothing to wait for).
+__device__ __forceinline__ void bulk_prefetch_l2(const void* p, uint32_t n) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(n) : "memory");
+}
 __device__ __forceinline__ void mbar_wait(uint32_t addr, int parity) {
     asm volatile(
         "{\n.reg .pred p;\nWAIT_LOOP:\n"
@@ -1120,7 +1130,17 @@ __device__ __forceinline__ WsKeys ws_piece_keys(const RunArgs& a, const int32_t*
 // loop's back edge: ptxas then serializes them, C7514). Two accumulator sets alternate, and
 // every wgmma is issued unconditionally: past the piece's last tile a discarded S of whatever
 // the next ring stage holds (not waited for, never released).
-template <int QR, int FX = 0, int PIPE = 0>
+// QPF (MLA_CUDA_WS_QPF=n, with FX = 1): a.qpf_lead = n tiles before a piece's last tile, one
+// thread of the score warpgroup prefetches the next piece's Q rows (contiguous in q) into L2
+// with one bulk request, so that the next piece's Q load reads L2 instead of DRAM. QPF = 2
+// (MLA_CUDA_WS_QPF=L): one loader thread issues that prefetch instead, when the loaders move on
+// to the next piece (no change to the score warpgroup's code). Measured slower (NOTES.md, v13);
+// kept for comparison.
+// LEAN (the default with FX = 1; MLA_CUDA_WS_LEAN=0 turns it off): a piece's Q rows are copied with two threads per row
+// and the chunk offsets known at compile time (the rows of a head tile are contiguous in q: row
+// R is row qo0 * H + R), instead of a per-chunk index division (~80 dependent instructions per
+// 16-byte chunk, ncu: NOTES.md v13); the epilogue finds its output rows the same way.
+template <int QR, int FX = 0, int PIPE = 0, int QPF = 0, bool LEAN = false>
 __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int M = 64, BN = kWsBN, NST = kWsStages;
@@ -1187,6 +1207,21 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
             // the previous piece's Q reads (ldmatrix by every warp) before this piece's writes
             if (pp > 0) asm volatile("bar.sync 1, 128;\n" ::: "memory");
             // Q tile (this warpgroup is its only reader)
+            if (LEAN && !a.q_f32) {
+                const int r = tid >> 1;  // two threads per row, alternate chunks
+                const int R = pc.mtile * M + r;
+                const bool ok = R < pc.n * a.H;
+                const uint16_t* src = static_cast<const uint16_t*>(a.q) +
+                                      (ok ? (int64_t(pc.qo0) * a.H + R) * kD : 0);
+                const uint32_t dst = sQa + r * 128;
+                const int x = r & 7, h = tid & 1;
+#pragma unroll
+                for (int k = 0; k < kChunks / 2; ++k) {
+                    const int c = 2 * k + h;  // (c >> 3) and (c & 7) depend on k and h only
+                    cp_async16(dst + (c >> 3) * (M * 128) + (((c & 7) ^ x) << 4), src + c * 8,
+                               ok ? 16 : 0);
+                }
+            } else
             for (int i = tid; i < M * kChunks; i += 128) {
                 const int r = i / kChunks, c = i - r * kChunks;
                 const int R = pc.mtile * M + r;
@@ -1214,6 +1249,28 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                 }
             }
             cp_async_commit();
+            // QPF: thread 0 looks up where the next piece's Q rows are (contiguous in q: row R
+            // of a head tile is row qo0 * H + R) while the Q copies fly, and parks the address
+            // and byte count in two spare barrier slots (no registers live across the tiles)
+            if constexpr (QPF == 1) {
+                if (tid == 0) {
+                    const char* qn = nullptr;
+                    uint32_t nn = 0;
+                    for (int s2 = s + 1; in_range(s2); ++s2) {
+                        const WsKeys nk =
+                            ws_piece_keys(a, seg_b, seg_m, seg_prefix, s2, ubeg, uend, rr);
+                        if (nk.skip || nk.t0 >= nk.t1) continue;
+                        const int qo2 = a.qo_indptr[nk.b], n2 = a.qo_indptr[nk.b + 1] - qo2;
+                        const int R0 = (seg_m[s2] * a.R + rr) * M;
+                        const int64_t eb = a.q_f32 ? 4 : 2;
+                        qn = static_cast<const char*>(a.q) + (int64_t(qo2) * a.H + R0) * kD * eb;
+                        nn = uint32_t(min(M, n2 * a.H - R0) * kD * eb);
+                        break;
+                    }
+                    bars[14] = reinterpret_cast<uint64_t>(qn);
+                    bars[15] = nn;
+                }
+            }
             if constexpr (FX == 3) {
                 // the next piece's Q rows into L2 while this piece runs
                 for (int s2 = s + 1; in_range(s2); ++s2) {
@@ -1498,6 +1555,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                     } else {
                         s_finish(t, tau, x, x2);
                     }
+                    if constexpr (QPF == 1) {
+                        if (t == max(pc.t0, pc.t1 - 1 - a.qpf_lead) && tid == 0) {
+                            const uint32_t nn = uint32_t(bars[15]);
+                            if (nn > 0)
+                                bulk_prefetch_l2(reinterpret_cast<const void*>(bars[14]), nn);
+                        }
+                    }
                 }
             }
             ++pp;
@@ -1515,16 +1579,27 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
     // loader cursor
     int ls = lo, lt = 0, lt1 = 0, lb = 0, lL = 0;
     bool ldone = false;
-    auto lnext_piece = [&](int s) {
+    auto lnext_piece = [&](int s, bool pf) {
         for (; in_range(s); ++s) {
             const WsPiece pc = piece(s);
             if (pc.skip || pc.t0 >= pc.t1) continue;
             ls = s; lt = pc.t0; lt1 = pc.t1; lb = pc.b; lL = pc.L;
+            if constexpr (QPF == 2) {
+                // the loader reached a new piece (its first keys are issued now, ~2 tiles before
+                // the score warpgroup needs its Q): its Q rows into L2
+                if (pf && ltid == 0) {
+                    const int R0 = pc.mtile * M;
+                    const int64_t eb = a.q_f32 ? 4 : 2;
+                    bulk_prefetch_l2(static_cast<const char*>(a.q) +
+                                         (int64_t(pc.qo0) * a.H + R0) * kD * eb,
+                                     uint32_t(min(M, pc.n * a.H - R0) * kD * eb));
+                }
+            }
             return;
         }
         ldone = true;
     };
-    lnext_piece(lo);
+    lnext_piece(lo, false);
     int n_issued = 0;
     const int my_key = ltid >> 3, my_c0 = ltid & 7;  // 8 threads per key row, 32 keys
     const int pmask = (1 << a.page_shift) - 1;
@@ -1551,7 +1626,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                            src ? src + c * 8 : a.cache, src ? 16 : 0);
             }
             ++n_issued;
-            if (++lt >= lt1) lnext_piece(ls + 1);
+            if (++lt >= lt1) lnext_piece(ls + 1, true);
             next_blk = fetch_blk();
         }
         cp_async_commit();
@@ -1621,8 +1696,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
             const int r = hf ? r1 : r0;
             const int R = pc.mtile * M + r;
             if (R >= pc.n * a.H) continue;
-            const int j = R / a.H;
-            const int64_t qrow = int64_t(pc.qo0 + j) * a.H + (R - j * a.H);
+            int64_t qrow;
+            if constexpr (LEAN) {
+                qrow = int64_t(pc.qo0) * a.H + R;
+            } else {
+                const int j = R / a.H;
+                qrow = int64_t(pc.qo0 + j) * a.H + (R - j * a.H);
+            }
             const float l = hf ? fl1 : fl0;
             const float inv = l > 0.f ? 1.f / l : 0.f;
 #pragma unroll
@@ -2391,12 +2471,28 @@ void attention_init(DeviceInfo& dev, bool allow_wgmma) {
                             : (fx[0] >= '0' && fx[0] <= '4') ? fx[0] - '0' : 1;
                 if (dev.ws_fx)
                     for (auto* k : {decode_ws_kernel<kWsQRegSteps, 1>,
+                                    decode_ws_kernel<kWsQRegSteps, 1, 0, 1>,
+                                    decode_ws_kernel<kWsQRegSteps, 1, 0, 2>,
+                                    decode_ws_kernel<kWsQRegSteps, 1, 0, 0, true>,
                                     decode_ws_kernel<kWsFxQRegSteps, 3>,
                                     decode_ws_kernel<kWsPipeQRegSteps, 1, 2>,
                                     decode_ws_kernel<kWsPipeQRegSteps, 1, 4>})
                         check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    int(kWsSmem)),
                               "cudaFuncSetAttribute(warp-specialized decode kernel)");
+                // MLA_CUDA_WS_QPF=n (1..64): with the default softmax (FX = 1), the score
+                // warpgroup prefetches the next piece's Q into L2 n tiles before a piece's last
+                // tile; MLA_CUDA_WS_QPF=L: the loaders prefetch it when they reach the piece
+                // (both measured slower, NOTES.md v13)
+                if (const char* qp = std::getenv("MLA_CUDA_WS_QPF")) {
+                    const int n = qp[0] == 'L' ? 65 : std::atoi(qp);
+                    dev.ws_qpf = (n >= 1 && n <= 65) ? n : 0;
+                }
+                // The division-free Q copy and epilogue rows (decode_ws_kernel<.., LEAN>,
+                // NOTES.md v13) are the default with FX = 1 unless a QPF variant is asked for;
+                // MLA_CUDA_WS_LEAN=0 gives the v12 kernel back
+                const char* ln = std::getenv("MLA_CUDA_WS_LEAN");
+                dev.ws_lean = ln ? ln[0] == '1' : dev.ws_qpf == 0;
                 // MLA_CUDA_PDL=1: programmatic dependent launch of this kernel and the combine
                 const char* pd = std::getenv("MLA_CUDA_PDL");
                 dev.pdl = pd && pd[0] == '1';
@@ -2586,6 +2682,7 @@ void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* 
     a.NG = s.NG;
     a.scale_log2 = p.scale * kLog2e;
     a.lay = Layout{s.smax, s.G, p.num_seqs};
+    a.qpf_lead = dev.ws_qpf;
     const size_t smem = mma_smem_bytes(s.M, s.BN);
     // the cheaper softmaxes take the max over unscaled scores: only for a positive scale
     const int ws_fx = a.scale_log2 > 0.f ? dev.ws_fx : 0;
@@ -2605,6 +2702,15 @@ void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* 
                               kWsThreads, kWsSmem, stream, a, dev.pdl);
         else if (ws_fx == 3)
             launch_run_kernel(decode_ws_kernel<kWsFxQRegSteps, 3>, dim3(unsigned(a.G)),
+                              kWsThreads, kWsSmem, stream, a, dev.pdl);
+        else if (ws_fx == 1 && dev.ws_lean)
+            launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1, 0, 0, true>, dim3(unsigned(a.G)),
+                              kWsThreads, kWsSmem, stream, a, dev.pdl);
+        else if (ws_fx == 1 && dev.ws_qpf > 64)
+            launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1, 0, 2>, dim3(unsigned(a.G)),
+                              kWsThreads, kWsSmem, stream, a, dev.pdl);
+        else if (ws_fx == 1 && dev.ws_qpf > 0)
+            launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1, 0, 1>, dim3(unsigned(a.G)),
                               kWsThreads, kWsSmem, stream, a, dev.pdl);
         else if (ws_fx)
             launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1>, dim3(unsigned(a.G)),
