@@ -446,15 +446,9 @@ public final class Attention extends NativeResource {
             fillParams(batch.numSeqs(), batch.numTokens(), batch.blockTableStride(), batch.qoIndptr, batch.seqLens,
                     batch.blockTable, cache, q, qDtype, out, outDtype, lse, softmaxScale, causal);
             if (planned != batch || plannedStaged) {
-                planned = null;
-                Native.check(Mla.mla_attention_plan(context.handle(), params, metadata, metadataBytes,
-                        MemorySegment.NULL), "mla_attention_plan");
-                planned = batch;
-                plannedStaged = false;
-                plans++;
+                plan(batch, false, MemorySegment.NULL);
             }
-            Native.check(Mla.mla_attention_run(context.handle(), params, metadata, metadataBytes, workspace,
-                    workspaceBytes, MemorySegment.NULL), "mla_attention_run");
+            runPlanned(MemorySegment.NULL);
         } finally {
             cache.release();
             Reference.reachabilityFence(batch);
@@ -470,9 +464,9 @@ public final class Attention extends NativeResource {
      * optionally lse f32 [T, H] (null = not wanted). The batch's new tokens must already be in the
      * cache. On the first call with a batch its index arrays (qo_indptr, seq_lens, block table) are
      * copied into backend memory this object owns and the schedule is planned; later calls with the
-     * same batch (the other layers of the step) reuse both. That copy waits for the work already
-     * queued on stream (mla_buffer_upload completes before it returns); the plan and the attention
-     * are queued on stream (null = default stream) on CUDA and this returns before they complete.
+     * same batch (the other layers of the step) reuse both. The copy, the plan and the attention
+     * are queued on stream (null = default stream) on CUDA and this returns before they complete
+     * (the copy is from pageable memory, which mla_buffer_upload stages without waiting).
      *
      * @throws IllegalArgumentException a buffer too small or of another context (named), a bad
      *                                  dtype or scale, a batch beyond this object's maxima, a cache
@@ -498,15 +492,9 @@ public final class Attention extends NativeResource {
                     at(st, batch.offsetOf(batch.blockTable)), cache, t.q, qDtype, t.out, outDtype, t.lse,
                     softmaxScale, causal);
             if (planned != batch || !plannedStaged) {
-                planned = null;
-                Native.check(Mla.mla_attention_plan(context.handle(), params, metadata, metadataBytes, t.stream),
-                        "mla_attention_plan");
-                planned = batch;
-                plannedStaged = true;
-                plans++;
+                plan(batch, true, t.stream);
             }
-            Native.check(Mla.mla_attention_run(context.handle(), params, metadata, metadataBytes, workspace,
-                    workspaceBytes, t.stream), "mla_attention_run");
+            runPlanned(t.stream);
         } finally {
             uses.release();
             Reference.reachabilityFence(batch);
@@ -538,12 +526,7 @@ public final class Attention extends NativeResource {
                     DeviceBuffer.of(batch.seqLens(), context, "batch.seqLens", 0),
                     DeviceBuffer.of(batch.blockTable(), context, "batch.blockTable", 0), batch.cache(),
                     MemorySegment.NULL, DType.F32, MemorySegment.NULL, DType.F32, null, 1f, true);
-            planned = null;
-            Native.check(Mla.mla_attention_plan(context.handle(), params, metadata, metadataBytes, s),
-                    "mla_attention_plan");
-            planned = batch;
-            plannedStaged = false;
-            plans++;
+            plan(batch, false, s);
         } finally {
             uses.release();
         }
@@ -581,8 +564,7 @@ public final class Attention extends NativeResource {
                     DeviceBuffer.of(batch.seqLens(), context, "batch.seqLens", 0),
                     DeviceBuffer.of(batch.blockTable(), context, "batch.blockTable", 0), batch.cache(),
                     t.q, qDtype, t.out, outDtype, t.lse, softmaxScale, causal);
-            Native.check(Mla.mla_attention_run(context.handle(), params, metadata, metadataBytes, workspace,
-                    workspaceBytes, t.stream), "mla_attention_run");
+            runPlanned(t.stream);
         } finally {
             uses.release();
         }
@@ -599,6 +581,26 @@ public final class Attention extends NativeResource {
     }
 
     /** The checked pointers of one device-level call. */
+    /**
+     * Plans the schedule of the batch in params into metadata, on stream, and records it as the
+     * planned one (key: the Batch or DeviceBatch object; staged: planned from the staged copy of
+     * a Batch's arrays). planned stays null if the plan fails.
+     */
+    private void plan(Object key, boolean staged, MemorySegment stream) {
+        planned = null;
+        Native.check(Mla.mla_attention_plan(context.handle(), params, metadata, metadataBytes, stream),
+                "mla_attention_plan");
+        planned = key;
+        plannedStaged = staged;
+        plans++;
+    }
+
+    /** Runs the attention in params with the planned schedule, on stream. */
+    private void runPlanned(MemorySegment stream) {
+        Native.check(Mla.mla_attention_run(context.handle(), params, metadata, metadataBytes, workspace,
+                workspaceBytes, stream), "mla_attention_run");
+    }
+
     private record Tensors(MemorySegment q, MemorySegment out, MemorySegment lse, MemorySegment stream) {
     }
 
