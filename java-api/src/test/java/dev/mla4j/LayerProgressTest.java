@@ -11,7 +11,6 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -134,30 +133,6 @@ class LayerProgressTest {
     private static final List<String> MATRICES = List.of("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa",
             "kv_b_proj", "o_proj");
 
-    /** e4m3fn values of the codes 0..126 (the non-negative, non-NaN ones), increasing. */
-    private static final float[] E4M3 = new float[127];
-
-    static {
-        for (int c = 0; c < 127; c++) {
-            E4M3[c] = DType.e4m3ToFloat((byte) c);
-        }
-    }
-
-    /** Nearest e4m3fn code of x (|x| <= 448). */
-    static byte toE4m3(float x) {
-        float a = Math.min(Math.abs(x), 448f);
-        int i = Arrays.binarySearch(E4M3, a);
-        int code;
-        if (i >= 0) {
-            code = i;
-        } else {
-            int hi = Math.min(-i - 1, 126);
-            int lo = Math.max(hi - 1, 0);
-            code = a - E4M3[lo] <= E4M3[hi] - a ? lo : hi;
-        }
-        return (byte) (x < 0 ? code | 0x80 : code);
-    }
-
     /**
      * The attention module's weights of a golden file as kind: bf16 as stored, f32 (the same
      * values), or FP8 with 128 x 128 block scales (norm vectors stay bf16). dequantized, when not
@@ -189,30 +164,13 @@ class LayerProgressTest {
                     float[] v = w.toFloatArray();
                     int rows = (int) w.dim(0);
                     int cols = (int) w.dim(1);
-                    int bc = (cols + 127) / 128;
-                    float[] scale = new float[((rows + 127) / 128) * bc];
-                    for (int r = 0; r < rows; r++) {
-                        for (int c = 0; c < cols; c++) {
-                            int s = (r / 128) * bc + c / 128;
-                            scale[s] = Math.max(scale[s], Math.abs(v[r * cols + c]) / 448f);
-                        }
-                    }
-                    MemorySegment q = arena.allocate((long) rows * cols);
-                    float[] deq = new float[rows * cols];
-                    for (int r = 0; r < rows; r++) {
-                        for (int c = 0; c < cols; c++) {
-                            float s = scale[(r / 128) * bc + c / 128];
-                            byte code = toE4m3(s == 0 ? 0 : v[r * cols + c] / s);
-                            q.set(ValueLayout.JAVA_BYTE, (long) r * cols + c, code);
-                            deq[r * cols + c] = DType.e4m3ToFloat(code) * s;
-                        }
-                    }
-                    out.put(key, Tensor.of(key, DType.F8_E4M3, w.shape(), q));
+                    TestSupport.BlockFp8 fp8 = TestSupport.quantizeFp8(v, rows, cols, arena);
+                    out.put(key, Tensor.of(key, DType.F8_E4M3, w.shape(), fp8.codes()));
                     out.put(name + ".weight_scale_inv", Tensor.of(name + ".weight_scale_inv", DType.F32,
-                            new long[]{(rows + 127) / 128, bc}, arena.allocateFrom(ValueLayout.JAVA_FLOAT, scale)));
+                            fp8.scaleShape(), arena.allocateFrom(ValueLayout.JAVA_FLOAT, fp8.scaleInv())));
                     if (dequantized != null) {
                         dequantized.put(key, Tensor.of(key, DType.F32, w.shape(),
-                                arena.allocateFrom(ValueLayout.JAVA_FLOAT, deq)));
+                                arena.allocateFrom(ValueLayout.JAVA_FLOAT, fp8.dequantized())));
                     }
                 }
             }

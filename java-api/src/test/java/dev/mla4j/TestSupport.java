@@ -4,11 +4,15 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 
 import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -127,5 +131,60 @@ final class TestSupport {
             buf.put(b);
         }
         Files.write(file, buf.array());
+    }
+
+    /** e4m3fn values of the codes 0..126 (the non-negative, non-NaN ones), increasing. */
+    private static final float[] E4M3 = new float[127];
+
+    static {
+        for (int c = 0; c < 127; c++) {
+            E4M3[c] = DType.e4m3ToFloat((byte) c);
+        }
+    }
+
+    /** Nearest e4m3fn code of x (|x| <= 448; ties to the smaller magnitude). */
+    static byte toE4m3(float x) {
+        float a = Math.min(Math.abs(x), 448f);
+        int i = Arrays.binarySearch(E4M3, a);
+        int code;
+        if (i >= 0) {
+            code = i;
+        } else {
+            int hi = Math.min(-i - 1, 126);
+            int lo = Math.max(hi - 1, 0);
+            code = a - E4M3[lo] <= E4M3[hi] - a ? lo : hi;
+        }
+        return (byte) (x < 0 ? code | 0x80 : code);
+    }
+
+    /**
+     * A [rows, cols] matrix quantized as DeepSeek's FP8 checkpoints are: e4m3 codes (in arena)
+     * with one f32 scale per 128 x 128 block (scale = block max |v| / 448; w = code * scaleInv),
+     * and the f32 values those codes and scales stand for.
+     */
+    record BlockFp8(MemorySegment codes, float[] scaleInv, long[] scaleShape, float[] dequantized) {
+    }
+
+    static BlockFp8 quantizeFp8(float[] v, int rows, int cols, Arena arena) {
+        int br = (rows + 127) / 128;
+        int bc = (cols + 127) / 128;
+        float[] scale = new float[br * bc];
+        for (int r = 0; r < rows; r++) {
+            for (int c = 0; c < cols; c++) {
+                int s = (r / 128) * bc + c / 128;
+                scale[s] = Math.max(scale[s], Math.abs(v[r * cols + c]) / 448f);
+            }
+        }
+        MemorySegment q = arena.allocate((long) rows * cols);
+        float[] deq = new float[rows * cols];
+        for (int r = 0; r < rows; r++) {
+            for (int c = 0; c < cols; c++) {
+                float s = scale[(r / 128) * bc + c / 128];
+                byte code = toE4m3(s == 0 ? 0 : v[r * cols + c] / s);
+                q.set(ValueLayout.JAVA_BYTE, (long) r * cols + c, code);
+                deq[r * cols + c] = DType.e4m3ToFloat(code) * s;
+            }
+        }
+        return new BlockFp8(q, scale, new long[]{br, bc}, deq);
     }
 }

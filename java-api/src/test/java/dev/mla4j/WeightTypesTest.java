@@ -14,24 +14,6 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** Weight and activation dtypes other than the golden files' bf16 weights / f32 activations. */
 class WeightTypesTest {
-    /** Nearest e4m3fn code of x (x within +-448). */
-    private static byte toE4m3(float x) {
-        byte best = 0;
-        float bestErr = Float.MAX_VALUE;
-        for (int c = 0; c < 256; c++) {
-            float v = DType.e4m3ToFloat((byte) c);
-            if (Float.isNaN(v)) {
-                continue;
-            }
-            float err = Math.abs(v - x);
-            if (err < bestErr) {
-                bestErr = err;
-                best = (byte) c;
-            }
-        }
-        return best;
-    }
-
     private static final String[] MATRICES = {"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"};
 
     /**
@@ -64,30 +46,12 @@ class WeightTypesTest {
                 }
                 int rows = (int) w.dim(0);
                 int cols = (int) w.dim(1);
-                int br = (rows + 127) / 128;
-                int bc = (cols + 127) / 128;
-                float[] scale = new float[br * bc];
-                for (int r = 0; r < rows; r++) {
-                    for (int c = 0; c < cols; c++) {
-                        int s = (r / 128) * bc + c / 128;
-                        scale[s] = Math.max(scale[s], Math.abs(v[r * cols + c]) / 448f);
-                    }
-                }
-                MemorySegment q = arena.allocate((long) rows * cols);
-                float[] deq = new float[rows * cols];
-                for (int r = 0; r < rows; r++) {
-                    for (int c = 0; c < cols; c++) {
-                        float s = scale[(r / 128) * bc + c / 128];
-                        byte code = toE4m3(s == 0 ? 0 : v[r * cols + c] / s);
-                        q.set(ValueLayout.JAVA_BYTE, (long) r * cols + c, code);
-                        deq[r * cols + c] = DType.e4m3ToFloat(code) * s;
-                    }
-                }
-                fp8.put(name + ".weight", Tensor.of(name + ".weight", DType.F8_E4M3, w.shape(), q));
-                fp8.put(name + ".weight_scale_inv", Tensor.of(name + ".weight_scale_inv", DType.F32, new long[]{br, bc},
-                        arena.allocateFrom(ValueLayout.JAVA_FLOAT, scale)));
+                TestSupport.BlockFp8 q = TestSupport.quantizeFp8(v, rows, cols, arena);
+                fp8.put(name + ".weight", Tensor.of(name + ".weight", DType.F8_E4M3, w.shape(), q.codes()));
+                fp8.put(name + ".weight_scale_inv", Tensor.of(name + ".weight_scale_inv", DType.F32, q.scaleShape(),
+                        arena.allocateFrom(ValueLayout.JAVA_FLOAT, q.scaleInv())));
                 f32.put(name + ".weight", Tensor.of(name + ".weight", DType.F32, w.shape(),
-                        arena.allocateFrom(ValueLayout.JAVA_FLOAT, deq)));
+                        arena.allocateFrom(ValueLayout.JAVA_FLOAT, q.dequantized())));
             }
             float[] hidden = st.tensor("seq1.hidden").toFloatArray();
             float[][] outs = new float[2][];
