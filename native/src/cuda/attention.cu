@@ -2408,17 +2408,7 @@ void launch_mt(int BN, const RunArgs& a, size_t smem, cudaStream_t st) {
 // work in the stream (the kernel calls griddepcontrol.wait before it reads what that wrote).
 void launch_run_kernel(void (*k)(RunArgs), dim3 grid, int threads, size_t smem, cudaStream_t st,
                        const RunArgs& a, bool pdl) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(unsigned(threads));
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    check(cudaLaunchKernelEx(&cfg, k, a), "cudaLaunchKernelEx(attention)");
+    launch_ex(k, grid, dim3(unsigned(threads)), smem, st, pdl, "cudaLaunchKernelEx(attention)", a);
 }
 
 int log2_exact(int v) {

@@ -28,6 +28,25 @@ inline void check_launch(const char* kernel) {
 
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
+// Launches kernel k(args) with grid / block / smem bytes on st through cudaLaunchKernelEx; with
+// pdl, as a programmatic dependent of the preceding kernel in st (k must griddepcontrol.wait
+// before it reads what that kernel wrote). Throws Error(MLA_ERROR_DEVICE) naming what.
+template <class... Params, class... Args>
+void launch_ex(void (*k)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool pdl,
+               const char* what, const Args&... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    check(cudaLaunchKernelEx(&cfg, k, args...), what);
+}
+
 // Rejects a host pointer passed where device memory is required (INVALID_ARGUMENT naming arg).
 // Null pointers are accepted here (the core checks required ones).
 void require_device_pointer(const void* p, const char* arg);

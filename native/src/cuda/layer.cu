@@ -414,17 +414,7 @@ void launch_tc(const TcArgs& a, dim3 grid, cudaStream_t st, bool pdl) {
               "layer gemm: shared memory limit");
         ready.fetch_or(bit, std::memory_order_acq_rel);
     }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(Cf::kThreads);
-    cfg.dynamicSmemBytes = Cf::kSmem;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    check(cudaLaunchKernelEx(&cfg, gemm_tc_kernel<Cf>, a), "layer gemm kernel");
+    launch_ex(gemm_tc_kernel<Cf>, grid, dim3(Cf::kThreads), Cf::kSmem, st, pdl, "layer gemm kernel", a);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
