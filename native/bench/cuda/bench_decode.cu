@@ -30,19 +30,10 @@
 #include <vector>
 
 #include "backend.h"
+#include "bench_util.cuh"
 #include "cuda/attention.cuh"
 
 using namespace mla;
-
-#define CK(x)                                                                             \
-    do {                                                                                  \
-        cudaError_t e_ = (x);                                                             \
-        if (e_ != cudaSuccess) {                                                          \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x,                \
-                         cudaGetErrorString(e_));                                         \
-            std::exit(1);                                                                 \
-        }                                                                                 \
-    } while (0)
 
 struct Shape {
     std::string name;
@@ -78,13 +69,6 @@ double flashmla_ms(const Shape& s) {
         {{64, 16384}, 0.520}, {{128, 4096}, 0.259}, {{128, 16384}, 1.010}};
     auto it = t.find({s.B, s.L});
     return it == t.end() ? 0 : it->second;
-}
-
-uint16_t to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return uint16_t(u >> 16);
 }
 
 // A row of the compress / layer part: time and what the floors count.
@@ -131,7 +115,7 @@ BenchRow bench_compress(Backend* be, int T, size_t l2, double, int iters) {
     std::mt19937 rng(7 + T);
     std::vector<uint16_t> kv(size_t(T) * D);
     FastRng fr{0x9e3779b97f4a7c15ull + uint64_t(T)};
-    for (auto& v : kv) v = to_bf16(2.f * fr.next());
+    for (auto& v : kv) v = f32_to_bf16(2.f * fr.next());
     std::vector<float> w(dc);
     for (auto& v : w) v = 1.f + 0.1f * fr.next();
     std::vector<int> pos(T);
@@ -197,18 +181,9 @@ BenchRow bench_compress(Backend* be, int T, size_t l2, double, int iters) {
     CK(cudaEventCreate(&e1));
     CK(cudaGraphLaunch(exec, st));
     CK(cudaStreamSynchronize(st));
-    std::vector<float> t;
-    for (int it = 0; it < iters; ++it) {
-        CK(cudaEventRecord(e0, st));
-        CK(cudaGraphLaunch(exec, st));
-        CK(cudaEventRecord(e1, st));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        t.push_back(ms / reps);
-    }
+    const float ms =
+        median(time_events(st, e0, e1, iters, [&] { CK(cudaGraphLaunch(exec, st)); })) / reps;
     CK(cudaGetLastError());
-    std::sort(t.begin(), t.end());
     cudaGraphExecDestroy(exec);
     for (int c = 0; c < copies; ++c) {
         cudaFree(d_kv[c]);
@@ -221,7 +196,7 @@ BenchRow bench_compress(Backend* be, int T, size_t l2, double, int iters) {
     cudaEventDestroy(e1);
     cudaStreamDestroy(st);
     // flops: RMSNorm + RoPE, a few per element (not the limit)
-    return {"compress_T" + std::to_string(T), T, 1, t[t.size() / 2], bytes, 8.0 * T * D, double(T)};
+    return {"compress_T" + std::to_string(T), T, 1, ms, bytes, 8.0 * T * D, double(T)};
 }
 
 // One decode step of a whole layer (DeepSeek-V3 shapes): B sequences, each 1 new token after
@@ -273,7 +248,7 @@ BenchRow bench_layer(Backend* be, int B, int L, int iters) {
     for (size_t i = 0; i < bt.size(); ++i) bt[i] = perm[i];
     const size_t cache_elems = size_t(nblk) * page * E;
     std::vector<uint16_t> hbuf(1 << 20);
-    for (auto& v : hbuf) v = to_bf16(2.f * fr.next());
+    for (auto& v : hbuf) v = f32_to_bf16(2.f * fr.next());
     void *d_cache, *d_x, *d_out;
     CK(cudaMalloc(&d_cache, cache_elems * 2));
     for (size_t off = 0; off < cache_elems; off += hbuf.size())
@@ -298,18 +273,10 @@ BenchRow bench_layer(Backend* be, int B, int L, int iters) {
     CK(cudaEventCreate(&e1));
     for (int i = 0; i < 3; ++i) layer->forward(bd, cd, d_x, DType::BF16, d_out, DType::BF16, st);
     CK(cudaStreamSynchronize(st));
-    std::vector<float> t;
-    for (int it = 0; it < std::max(iters, 20); ++it) {
-        CK(cudaEventRecord(e0, st));
+    const float ms = median(time_events(st, e0, e1, std::max(iters, 20), [&] {
         layer->forward(bd, cd, d_x, DType::BF16, d_out, DType::BF16, st);
-        CK(cudaEventRecord(e1, st));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        t.push_back(ms);
-    }
+    }));
     CK(cudaGetLastError());
-    std::sort(t.begin(), t.end());
     std::vector<uint16_t> outh(size_t(B) * D);
     CK(cudaMemcpy(outh.data(), d_out, outh.size() * 2, cudaMemcpyDeviceToHost));
     for (uint16_t v : outh)
@@ -325,8 +292,8 @@ BenchRow bench_layer(Backend* be, int B, int L, int iters) {
     cudaStreamDestroy(st);
     const double bytes = wbytes + double(B) * L * E * 2 + 2.0 * B * D * 2;
     const double flops = 2.0 * B * wmacs + 2.0 * B * H * double(L) * (E + dc);
-    return {"layer_B" + std::to_string(B) + "_L" + std::to_string(L), B, H, t[t.size() / 2], bytes,
-            flops, double(B)};
+    return {"layer_B" + std::to_string(B) + "_L" + std::to_string(L), B, H, ms, bytes, flops,
+            double(B)};
 }
 
 int main(int argc, char** argv) {
@@ -418,7 +385,7 @@ int main(int argc, char** argv) {
         // random bf16 data, generated once on the host (a block of 1M values, tiled)
         std::vector<uint16_t> blockv(1 << 20);
         std::normal_distribution<float> nd;
-        for (auto& v : blockv) v = to_bf16(nd(rng));
+        for (auto& v : blockv) v = f32_to_bf16(nd(rng));
         auto fill = [&](void* dst, size_t bytes) {
             const size_t chunk = blockv.size() * 2;
             for (size_t off = 0; off < bytes; off += chunk)
@@ -473,17 +440,8 @@ int main(int argc, char** argv) {
         // plan time (once per step in an engine)
         p.q = d_q[0];
         p.cache.data = d_cache[0];
-        std::vector<float> plan_t;
-        for (int i = 0; i < 11; ++i) {
-            CK(cudaEventRecord(e0, st));
-            be->attention_plan(p, d_md, mdb, st);
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            plan_t.push_back(ms);
-        }
-        std::sort(plan_t.begin(), plan_t.end());
+        const float plan_ms =
+            median(time_events(st, e0, e1, 11, [&] { be->attention_plan(p, d_md, mdb, st); }));
         const double bytes_est = (double(tokens) * D * 2) / 1.5e12 * 1e3;  // ms at 1.5 TB/s
         // One graph holding `reps` back-to-back runs that rotate over the input copies, so the
         // timing sees GPU time, not host launch overhead (launches are slow on some hosts): at
@@ -505,19 +463,9 @@ int main(int argc, char** argv) {
         }
         CK(cudaGraphLaunch(exec, st));
         CK(cudaStreamSynchronize(st));
-        std::vector<float> t;
-        for (int it = 0; it < iters; ++it) {
-            CK(cudaEventRecord(e0, st));
-            CK(cudaGraphLaunch(exec, st));
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            t.push_back(ms / reps);
-        }
+        const double ms =
+            median(time_events(st, e0, e1, iters, [&] { CK(cudaGraphLaunch(exec, st)); })) / reps;
         CK(cudaGetLastError());
-        std::sort(t.begin(), t.end());
-        const double ms = t[t.size() / 2];
         const double bytes = double(tokens) * D * 2 + double(q_bytes) + double(T) * s.H * 512 * 2;
         const double flops = 2.0 * s.n * s.H * double(tokens) * (576 + 512);
         const double gbps = bytes / (ms * 1e-3) / 1e9;
@@ -533,7 +481,7 @@ int main(int argc, char** argv) {
                      s.name.c_str(), s.B, double(tokens) / s.B, s.H, s.n, path.c_str(), ms, gbps,
                      tflops, tms, tms > 0 ? tms / ms : 0, tgms, tgms > 0 ? tgms / ms : 0, fms,
                      fms > 0 ? fms / ms : 0, mem_floor,
-                     cmp_floor, floor / ms, plan_t[plan_t.size() / 2], T / (ms * 1e-3));
+                     cmp_floor, floor / ms, plan_ms, T / (ms * 1e-3));
         std::fflush(csv);
         rows.push_back({s.name, path, ms, gbps, tflops, tms, tgms, fms, floor / ms, T / (ms * 1e-3)});
         cudaGraphExecDestroy(exec);

@@ -19,19 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.cuh"
 #include "cuda/layer.cuh"
 
 using namespace mla::cuda;
-
-#define CK(x)                                                                             \
-    do {                                                                                  \
-        cudaError_t e_ = (x);                                                             \
-        if (e_ != cudaSuccess) {                                                          \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x,                \
-                         cudaGetErrorString(e_));                                         \
-            std::exit(1);                                                                 \
-        }                                                                                 \
-    } while (0)
 
 namespace {
 
@@ -51,11 +42,6 @@ const Proj kProj[] = {
     {"w_uv", 128, 512, 128, true, false, 128 * 512, 512, 128 * 128, 128},
     {"o_proj", 7168, 16384, 1, false, false, 0, 0, 0, 0},
 };
-
-float median(std::vector<float> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
 
 }  // namespace
 
@@ -87,16 +73,9 @@ int main(int argc, char** argv) {
         CK(cudaMalloc(&a, n));
         CK(cudaMalloc(&b, n));
         CK(cudaMemset(a, 1, n));
-        std::vector<float> t;
-        for (int i = 0; i < 7; ++i) {
-            CK(cudaEventRecord(e0, st));
+        const std::vector<float> t = time_events(st, e0, e1, 7, [&] {
             CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, st));
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            t.push_back(ms);
-        }
+        });
         copy_gbps = 2.0 * n / (median(t) * 1e-3) / 1e9;
         cudaFree(a);
         cudaFree(b);
@@ -184,12 +163,9 @@ int main(int argc, char** argv) {
                 };
                 call(0);
                 CK(cudaStreamSynchronize(st));
-                CK(cudaEventRecord(e0, st));
-                for (int i = 0; i < 3; ++i) call(i);
-                CK(cudaEventRecord(e1, st));
-                CK(cudaEventSynchronize(e1));
-                float ms1;
-                CK(cudaEventElapsedTime(&ms1, e0, e1));
+                const float ms1 = time_events(st, e0, e1, 1, [&] {
+                    for (int i = 0; i < 3; ++i) call(i);
+                })[0];
                 const int reps = std::max(copies, std::min(200, int(30.0 / (ms1 / 3) + 1)));
                 cudaGraph_t graph;
                 cudaGraphExec_t exec;
@@ -198,16 +174,8 @@ int main(int argc, char** argv) {
                 CK(cudaStreamEndCapture(st, &graph));
                 CK(cudaGraphInstantiate(&exec, graph, 0));
                 CK(cudaGraphLaunch(exec, st));
-                std::vector<float> t;
-                for (int r = 0; r < 7; ++r) {
-                    CK(cudaEventRecord(e0, st));
-                    CK(cudaGraphLaunch(exec, st));
-                    CK(cudaEventRecord(e1, st));
-                    CK(cudaEventSynchronize(e1));
-                    float ms;
-                    CK(cudaEventElapsedTime(&ms, e0, e1));
-                    t.push_back(ms);
-                }
+                const std::vector<float> t =
+                    time_events(st, e0, e1, 7, [&] { CK(cudaGraphLaunch(exec, st)); });
                 CK(cudaGetLastError());
                 cudaGraphExecDestroy(exec);
                 cudaGraphDestroy(graph);

@@ -15,38 +15,11 @@
 #include <vector>
 
 #include "backend.h"
+#include "cuda_test_util.h"
 
 using namespace mla;
 
 namespace {
-
-int g_failures = 0;
-int g_checks = 0;
-
-#define EXPECT(cond, ...)                                              \
-    do {                                                               \
-        ++g_checks;                                                    \
-        if (!(cond)) {                                                 \
-            ++g_failures;                                              \
-            std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            std::printf(__VA_ARGS__);                                  \
-            std::printf("\n");                                         \
-        }                                                              \
-    } while (0)
-
-uint16_t to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return uint16_t(u >> 16);
-}
-float from_bf16(uint16_t v) {
-    uint32_t u = uint32_t(v) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
 
 // Device buffer owned by the test, freed through the backend.
 struct DevBuf {
@@ -159,21 +132,21 @@ void run_case(Backend* be, const Case& c, std::mt19937& rng) {
             float* e = &cache[(size_t(blk) * c.page + k % c.page) * D];
             for (int d = 0; d < D; ++d) {
                 float v = nd(rng);
-                if (c.cache_dt == DType::BF16) v = from_bf16(to_bf16(v));
+                if (c.cache_dt == DType::BF16) v = bf16_to_f32(f32_to_bf16(v));
                 e[d] = v;
             }
         }
     std::vector<float> q(size_t(T) * c.H * D);
     for (auto& v : q) {
         v = nd(rng);
-        if (c.q_dt == DType::BF16) v = from_bf16(to_bf16(v));
+        if (c.q_dt == DType::BF16) v = bf16_to_f32(f32_to_bf16(v));
     }
     const float scale = 1.0f / std::sqrt(float(D) / 3.0f);
 
     DevBuf d_cache(be, cache_elems * dtype_size(c.cache_dt));
     if (c.cache_dt == DType::BF16) {
         std::vector<uint16_t> h(cache_elems);
-        for (size_t i = 0; i < cache_elems; ++i) h[i] = to_bf16(cache[i]);
+        for (size_t i = 0; i < cache_elems; ++i) h[i] = f32_to_bf16(cache[i]);
         d_cache.upload(h.data(), h.size() * 2);
     } else {
         d_cache.upload(cache.data(), cache.size() * 4);
@@ -181,7 +154,7 @@ void run_case(Backend* be, const Case& c, std::mt19937& rng) {
     DevBuf d_q(be, std::max<size_t>(1, q.size() * dtype_size(c.q_dt)));
     if (c.q_dt == DType::BF16) {
         std::vector<uint16_t> h(q.size());
-        for (size_t i = 0; i < q.size(); ++i) h[i] = to_bf16(q[i]);
+        for (size_t i = 0; i < q.size(); ++i) h[i] = f32_to_bf16(q[i]);
         d_q.upload(h.data(), h.size() * 2);
     } else {
         d_q.upload(q.data(), q.size() * 4);
@@ -235,7 +208,7 @@ void run_case(Backend* be, const Case& c, std::mt19937& rng) {
         if (c.out_dt == DType::BF16) {
             std::vector<uint16_t> h(out_elems);
             d_out.download(h.data(), h.size() * 2);
-            for (size_t i = 0; i < out_elems; ++i) got[i] = from_bf16(h[i]);
+            for (size_t i = 0; i < out_elems; ++i) got[i] = bf16_to_f32(h[i]);
         } else {
             d_out.download(got.data(), got.size() * 4);
         }
@@ -531,8 +504,8 @@ void test_graph_capture(Backend* be, int B, LensFn lens_of) {
     std::mt19937 rng(7);
     std::normal_distribution<float> nd;
     std::vector<uint16_t> cache(size_t(nblk) * page * 576), q(size_t(B) * H * 576);
-    for (auto& v : cache) v = to_bf16(nd(rng));
-    for (auto& v : q) v = to_bf16(nd(rng));
+    for (auto& v : cache) v = f32_to_bf16(nd(rng));
+    for (auto& v : q) v = f32_to_bf16(nd(rng));
     DevBuf d_cache(be, cache.size() * 2), d_q(be, q.size() * 2), d_qo(be, qo.size() * 4), d_len(be, B * 4),
         d_bt(be, bt.size() * 4), d_out(be, size_t(B) * H * 512 * 4), d_lse(be, B * H * 4);
     d_cache.upload(cache.data(), cache.size() * 2);
@@ -598,8 +571,9 @@ void test_compress(Backend* be, DType in_dt, DType cache_dt, int interleave, int
     const int T = 37, page = 16, nblk = 6, D = dc + dr;
     const int64_t stride = D + 5;
     std::vector<float> kv(size_t(T) * stride), w(dc);
-    for (auto& v : kv) v = in_dt == DType::BF16 ? from_bf16(to_bf16(nd(rng) * 3)) : nd(rng) * 3;
-    for (auto& v : w) v = from_bf16(to_bf16(1.f + 0.1f * nd(rng)));
+    for (auto& v : kv)
+        v = in_dt == DType::BF16 ? bf16_to_f32(f32_to_bf16(nd(rng) * 3)) : nd(rng) * 3;
+    for (auto& v : w) v = bf16_to_f32(f32_to_bf16(1.f + 0.1f * nd(rng)));
     std::vector<int> pos(T);
     std::vector<int64_t> slots(T);
     std::vector<int64_t> all(nblk * page);
@@ -621,7 +595,7 @@ void test_compress(Backend* be, DType in_dt, DType cache_dt, int interleave, int
         d_slots(be, T * 8), d_cache(be, cache_elems * es);
     if (in_dt == DType::BF16) {
         std::vector<uint16_t> h(kv.size());
-        for (size_t i = 0; i < kv.size(); ++i) h[i] = to_bf16(kv[i]);
+        for (size_t i = 0; i < kv.size(); ++i) h[i] = f32_to_bf16(kv[i]);
         d_kv.upload(h.data(), h.size() * 2);
     } else {
         d_kv.upload(kv.data(), kv.size() * 4);
@@ -653,7 +627,7 @@ void test_compress(Backend* be, DType in_dt, DType cache_dt, int interleave, int
         }
         uint16_t h;
         std::memcpy(&h, &raw[i * 2], 2);
-        return from_bf16(h);
+        return bf16_to_f32(h);
     };
     const double tol = cache_dt == DType::BF16 || in_dt == DType::BF16 ? 1.6e-2 : 2e-5;
     size_t bad = 0, touched = 0;
@@ -718,7 +692,7 @@ void test_layer(Backend* be, const LayerCase& lc) {
               dv = lc.dv, qk = dn + dr, E = dc + dr;
     auto rnd = [&](size_t n, float sc) {
         std::vector<float> v(n);
-        for (auto& x : v) x = from_bf16(to_bf16(nd(rng) * sc));
+        for (auto& x : v) x = bf16_to_f32(f32_to_bf16(nd(rng) * sc));
         return v;
     };
     PreparedWeights w;
@@ -774,12 +748,12 @@ void test_layer(Backend* be, const LayerCase& lc) {
     // cache with random "earlier" entries
     const size_t cache_elems = size_t(nblk) * lc.page * E;
     std::vector<float> cache(cache_elems);
-    for (auto& v : cache) v = from_bf16(to_bf16(nd(rng)));
+    for (auto& v : cache) v = bf16_to_f32(f32_to_bf16(nd(rng)));
     const size_t es = dtype_size(lc.cache_dt);
     DevBuf d_cache(be, cache_elems * es);
     if (lc.cache_dt == DType::BF16) {
         std::vector<uint16_t> h(cache_elems);
-        for (size_t i = 0; i < cache_elems; ++i) h[i] = to_bf16(cache[i]);
+        for (size_t i = 0; i < cache_elems; ++i) h[i] = f32_to_bf16(cache[i]);
         d_cache.upload(h.data(), h.size() * 2);
     } else {
         d_cache.upload(cache.data(), cache.size() * 4);
@@ -788,7 +762,7 @@ void test_layer(Backend* be, const LayerCase& lc) {
     DevBuf d_x(be, x.size() * dtype_size(lc.hidden_dt)), d_out(be, size_t(T) * D * dtype_size(lc.out_dt));
     if (lc.hidden_dt == DType::BF16) {
         std::vector<uint16_t> h(x.size());
-        for (size_t i = 0; i < x.size(); ++i) h[i] = to_bf16(x[i]);
+        for (size_t i = 0; i < x.size(); ++i) h[i] = f32_to_bf16(x[i]);
         d_x.upload(h.data(), h.size() * 2);
     } else {
         d_x.upload(x.data(), x.size() * 4);
@@ -906,7 +880,7 @@ void test_layer(Backend* be, const LayerCase& lc) {
     if (lc.out_dt == DType::BF16) {
         std::vector<uint16_t> h(got.size());
         d_out.download(h.data(), h.size() * 2);
-        for (size_t i = 0; i < got.size(); ++i) got[i] = from_bf16(h[i]);
+        for (size_t i = 0; i < got.size(); ++i) got[i] = bf16_to_f32(h[i]);
     } else {
         d_out.download(got.data(), got.size() * 4);
     }
@@ -931,7 +905,7 @@ void test_layer(Backend* be, const LayerCase& lc) {
             } else {
                 uint16_t hb;
                 std::memcpy(&hb, &raw[i * 2], 2);
-                g = from_bf16(hb);
+                g = bf16_to_f32(hb);
             }
             cnum += (g - cref[i]) * (g - cref[i]);
             cden += cref[i] * cref[i];

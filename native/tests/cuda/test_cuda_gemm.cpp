@@ -14,49 +14,12 @@
 #include <vector>
 
 #include "cuda/layer.cuh"
+#include "cuda_test_util.h"
 
 using namespace mla;
 using namespace mla::cuda;
 
 namespace {
-
-int g_failures = 0;
-int g_checks = 0;
-
-#define EXPECT(cond, ...)                                               \
-    do {                                                                \
-        ++g_checks;                                                     \
-        if (!(cond)) {                                                  \
-            ++g_failures;                                               \
-            std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            std::printf(__VA_ARGS__);                                   \
-            std::printf("\n");                                          \
-        }                                                               \
-    } while (0)
-
-#define CK(x)                                                                           \
-    do {                                                                                \
-        cudaError_t e_ = (x);                                                           \
-        if (e_ != cudaSuccess) {                                                        \
-            std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, \
-                        __LINE__, #x);                                                  \
-            std::exit(1);                                                               \
-        }                                                                               \
-    } while (0)
-
-uint16_t to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return uint16_t(u >> 16);
-}
-float from_bf16(uint16_t v) {
-    uint32_t u = uint32_t(v) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
 
 struct Dev {
     void* p = nullptr;
@@ -92,11 +55,11 @@ std::vector<unsigned char> run_case(const Shape& s, int sm_count, GemmPath path,
     std::vector<float> a(na);
     std::vector<uint16_t> b(nb);
     for (auto& v : a) v = nd(g_rng);
-    for (auto& v : b) v = to_bf16(nd(g_rng) * 0.25f);
+    for (auto& v : b) v = f32_to_bf16(nd(g_rng) * 0.25f);
     const size_t asz = s.a_f32 ? 4 : 2, csz = s.c_f32 ? 4 : 2;
     Dev da(na * asz), db(nb * 2), dc(nc * csz);
     std::vector<uint16_t> abf(na);
-    for (size_t i = 0; i < na; ++i) abf[i] = to_bf16(a[i]);
+    for (size_t i = 0; i < na; ++i) abf[i] = f32_to_bf16(a[i]);
     if (s.a_f32) CK(cudaMemcpy(da.p, a.data(), na * 4, cudaMemcpyHostToDevice));
     else CK(cudaMemcpy(da.p, abf.data(), na * 2, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(db.p, b.data(), nb * 2, cudaMemcpyHostToDevice));
@@ -151,15 +114,15 @@ std::vector<unsigned char> run_case(const Shape& s, int sm_count, GemmPath path,
                 const size_t ci = size_t(z * sc + m * ldc + n);
                 float c;
                 if (s.c_f32) std::memcpy(&c, out.data() + ci * 4, 4);
-                else c = from_bf16(uint16_t(out[ci * 2] | (out[ci * 2 + 1] << 8)));
+                else c = bf16_to_f32(uint16_t(out[ci * 2] | (out[ci * 2 + 1] << 8)));
                 if (n >= s.N) {  // row padding: must keep the poison
                     if (!std::isnan(c)) ++untouched_bad;
                     continue;
                 }
                 double ref = 0, mag = 0;
                 for (int k = 0; k < s.K; ++k) {
-                    const double x = from_bf16(abf[size_t(z * sa + m * lda + k)]);
-                    const double y = from_bf16(b[size_t(z * sb + n * ldb + k)]);
+                    const double x = bf16_to_f32(abf[size_t(z * sa + m * lda + k)]);
+                    const double y = bf16_to_f32(b[size_t(z * sb + n * ldb + k)]);
                     ref += x * y;
                     mag += std::fabs(x * y);
                 }
@@ -281,8 +244,8 @@ int main() {
         std::vector<float> a(size_t(M) * K);
         std::vector<uint16_t> bb(size_t(Nb) * K), bs(size_t(Ns) * K);
         for (auto& v : a) v = nd(g_rng);
-        for (auto& v : bb) v = to_bf16(nd(g_rng) * 0.05f);
-        for (auto& v : bs) v = to_bf16(nd(g_rng) * 0.05f);
+        for (auto& v : bb) v = f32_to_bf16(nd(g_rng) * 0.05f);
+        for (auto& v : bs) v = f32_to_bf16(nd(g_rng) * 0.05f);
         Dev da(a.size() * 4), dbb(bb.size() * 2), dbs(bs.size() * 2), dcb(size_t(M) * Nb * 4),
             dcs(size_t(M) * Ns * 4);
         CK(cudaMemcpy(da.p, a.data(), a.size() * 4, cudaMemcpyHostToDevice));
@@ -332,8 +295,8 @@ int main() {
                 for (int n = 0; n < N; ++n) {
                     double ref = 0, mag = 0;
                     for (int k = 0; k < K; ++k) {
-                        const double x = from_bf16(to_bf16(a[size_t(m) * K + k]));
-                        const double y = from_bf16(b[size_t(n) * K + k]);
+                        const double x = bf16_to_f32(f32_to_bf16(a[size_t(m) * K + k]));
+                        const double y = bf16_to_f32(b[size_t(n) * K + k]);
                         ref += x * y;
                         mag += std::fabs(x * y);
                     }
@@ -353,8 +316,8 @@ int main() {
         std::vector<float> a(size_t(M) * K1);
         std::vector<uint16_t> b1(size_t(N1) * K1), b2(size_t(N2) * N1);
         for (auto& v : a) v = nd(g_rng);
-        for (auto& v : b1) v = to_bf16(nd(g_rng) * 0.05f);
-        for (auto& v : b2) v = to_bf16(nd(g_rng) * 0.05f);
+        for (auto& v : b1) v = f32_to_bf16(nd(g_rng) * 0.05f);
+        for (auto& v : b2) v = f32_to_bf16(nd(g_rng) * 0.05f);
         Dev da(a.size() * 4), db1(b1.size() * 2), db2(b2.size() * 2), dc1(size_t(M) * N1 * 2),
             dc2(size_t(M) * N2 * 4);
         CK(cudaMemcpy(da.p, a.data(), a.size() * 4, cudaMemcpyHostToDevice));
@@ -407,19 +370,19 @@ int main() {
             for (int n = 0; n < N1; ++n) {
                 double ref = 0, mag = 0;
                 for (int k = 0; k < K1; ++k) {
-                    const double x = from_bf16(to_bf16(a[size_t(m) * K1 + k]));
-                    const double y = from_bf16(b1[size_t(n) * K1 + k]);
+                    const double x = bf16_to_f32(f32_to_bf16(a[size_t(m) * K1 + k]));
+                    const double y = bf16_to_f32(b1[size_t(n) * K1 + k]);
                     ref += x * y;
                     mag += std::fabs(x * y);
                 }
-                const double got = from_bf16(c1[size_t(m) * N1 + n]);
+                const double got = bf16_to_f32(c1[size_t(m) * N1 + n]);
                 if (!(std::fabs(got - ref) <= 1e-5 * mag + 4e-3 * std::fabs(ref))) ++bad1;
             }
             for (int n = 0; n < N2; ++n) {
                 double ref = 0, mag = 0;
                 for (int k = 0; k < N1; ++k) {
-                    const double x = from_bf16(c1[size_t(m) * N1 + k]);
-                    const double y = from_bf16(b2[size_t(n) * N1 + k]);
+                    const double x = bf16_to_f32(c1[size_t(m) * N1 + k]);
+                    const double y = bf16_to_f32(b2[size_t(n) * N1 + k]);
                     ref += x * y;
                     mag += std::fabs(x * y);
                 }
