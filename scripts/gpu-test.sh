@@ -18,7 +18,7 @@ echo "== tests (default kernels: warp-specialized wgmma on sm_90a, cheaper softm
 "$dir/tests_cuda/test_cuda_backend" > "$out/test.log" 2>&1 || status=1
 tail -n 40 "$out/test.log"
 # the other variants of the warp-specialized kernel (see attention_init)
-for v in MLA_CUDA_WS_LEAN=0 MLA_CUDA_WS_FX=0 MLA_CUDA_WS_FX=3 MLA_CUDA_WS_FX=2 MLA_CUDA_WS_PREG=2 MLA_CUDA_WS_PREG=1 \
+for v in MLA_CUDA_WS_LEAN=0 MLA_CUDA_WS_FX=0 \
          MLA_CUDA_PDL=1; do
   echo "== tests ($v)"
   log="$out/test-$(echo "${v#MLA_CUDA_}" | tr -d =).log"

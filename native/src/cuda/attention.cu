@@ -30,16 +30,13 @@
 //                        wgmma, 32-key tiles in a 4-stage ring, 20 of the 36 k-steps of Q
 //                        held in registers, cheaper softmax (default on H100/H200;
 //                        MLA_CUDA_WS_FX=0: the previous softmax, MLA_CUDA_WS_QREG=0: no Q in
-//                        registers; other MLA_CUDA_WS_FX values: variants, see attention_init)
-//   decode_wsp_kernel    sm_90a, the same with the softmax in the P V warpgroups and P in
-//                        registers (MLA_CUDA_WS_PREG=1 / 2; measured slower, kept for comparison)
+//                        registers)
 //   decode_wgmma_kernel  sm_90a, 64-row tiles: two symmetric warpgroups, wgmma, 64-key tiles
 //                        (MLA_CUDA_WS=0)
 //   decode_mma_kernel    any sm_80+ GPU and 16/32-row tiles (H <= 32): mma.sync m16n8k16
 // MLA_CUDA_PDL=1 launches the sm_90a kernels and the combine with programmatic dependent launch.
-// MLA_CUDA_WS_QPF=n / L (next piece's Q prefetched into L2; measured slower) and
-// MLA_CUDA_WS_LEAN=0 (the v12 Q copy and output rows, with an index division per chunk) select
-// variants of decode_ws_kernel.
+// MLA_CUDA_WS_LEAN=0 (the v12 Q copy and output rows, with an index division per chunk) selects
+// a variant of decode_ws_kernel.
 // The versions and their measurements: native/bench/cuda/NOTES.md.
 // Anything else (other widths, f32 cache) takes generic_kernel: f32 CUDA cores, one CTA per
 // (token, head); correct, not fast.
@@ -375,8 +372,6 @@ struct RunArgs {
     int R, NG;            // CTAs per group, groups
     float scale_log2;
     Layout lay;
-    int qpf_lead;         // decode_ws_kernel<.., QPF = 1>: tiles before a piece's end at which
-                          // the next piece's Q is prefetched into L2
 };
 
 // Byte offset of 16-byte chunk c of row r in a swizzled [rows][72 chunks] tile.
@@ -995,10 +990,6 @@ constexpr int kWsThreads = 384, kWsBN = 32, kWsStages = 4;
 // (A operand from registers), so each key tile reads less of Q from shared memory. QR = 0 is the
 // previous all-shared-memory version (MLA_CUDA_WS_QREG=0).
 constexpr int kWsQRegSteps = 20;
-// ... in the S-overlap variants (FX = 1, PIPE = 2 / 4: two S accumulator sets live)
-constexpr int kWsPipeQRegSteps = 20;
-// ... in the one-chain variant (FX = 3: one S accumulator set frees 16 registers)
-constexpr int kWsFxQRegSteps = 24;
 // setmaxnreg split (registers per thread): score warpgroup / each P V warpgroup, with and without
 // Q in registers. The CTA starts with 168 per thread (384 threads, launch bound 1 CTA/SM) and the
 // split must stay within that allocation, or setmaxnreg.inc waits forever.
@@ -1026,30 +1017,12 @@ __device__ __forceinline__ void mbar_arrive_if(uint32_t addr, int pred) {
         "r"(pred)
         : "memory");
 }
-// Arrives on the mbarrier once every cp.async this thread issued so far has landed (counts as
-// one of the barrier's expected arrivals).
-__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t addr) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
-}
 // 2^x with one MUFU.EX2 (flushes results below 2^-126 to 0: a probability that small does not
 // change a bf16 P or an f32 row sum); exp2f adds a range fix-up around it.
 __device__ __forceinline__ float ex2_fast(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
-}
-// 16-byte shared load the compiler may not merge with another load of the same address
-__device__ __forceinline__ float4 lds128(uint32_t addr) {
-    float4 v;
-    asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                 : "r"(addr));
-    return v;
-}
-// Prefetches bytes [p, p + n) into L2 with one bulk copy-engine request (p and n multiples of
-// 16; nothing is written to shared memory, nothing to wait for).
-__device__ __forceinline__ void bulk_prefetch_l2(const void* p, uint32_t n) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(n) : "memory");
 }
 __device__ __forceinline__ void mbar_wait(uint32_t addr, int parity) {
     asm volatile(
@@ -1097,50 +1070,21 @@ __device__ __forceinline__ WsPiece ws_piece(const RunArgs& a, const int32_t* seg
     return p;
 }
 
-// The part of ws_piece that the loaders and the Q prefetch need (no cut flag, no slot).
-struct WsKeys {
-    int b, L, t0, t1;
-    bool skip;
-};
-__device__ __forceinline__ WsKeys ws_piece_keys(const RunArgs& a, const int32_t* seg_b,
-                                                const int32_t* seg_m, const int32_t* seg_prefix,
-                                                int s, int64_t ubeg, int64_t uend, int rr) {
-    WsKeys k;
-    const int p0 = seg_prefix[s], p1 = seg_prefix[s + 1];
-    k.b = seg_b[s];
-    const int qo0 = a.qo_indptr[k.b];
-    const int n = a.qo_indptr[k.b + 1] - qo0;
-    k.L = max(a.seq_lens[k.b], 0);
-    k.skip = (seg_m[s] * a.R + rr) * 64 >= n * a.H;
-    const int ntiles = (k.L + kWsBN - 1) / kWsBN;
-    k.t0 = 2 * int((ubeg > p0 ? ubeg : int64_t(p0)) - p0);
-    k.t1 = min(2 * int((uend < p1 ? uend : int64_t(p1)) - p0), ntiles);
-    return k;
-}
 
 #endif
 
 // FX > 0 (MLA_CUDA_WS_FX=1): cheaper softmax on the score warpgroup: the scale folded into
 // the exponent's FFMA (max over the raw scores), ex2.approx.ftz instead of exp2f, and the row
 // sums kept per thread (reduced across the four lanes of a row once, at a piece's last tile).
-// FX = 3 (MLA_CUDA_WS_FX=3): besides, one S accumulator chain, which leaves the registers for
-// 24 k-steps of Q (QR = 24), and the next piece's Q rows prefetched into L2 when a piece starts.
-// PIPE > 0 (with FX; MLA_CUDA_WS_FX=2: 2, 4: 4): tiles in groups of PIPE; within a group, S of
-// tile t + 1 is in flight while the softmax of tile t runs (no wgmma is in flight across the
-// loop's back edge: ptxas then serializes them, C7514). Two accumulator sets alternate, and
-// every wgmma is issued unconditionally: past the piece's last tile a discarded S of whatever
-// the next ring stage holds (not waited for, never released).
-// QPF (MLA_CUDA_WS_QPF=n, with FX = 1): a.qpf_lead = n tiles before a piece's last tile, one
-// thread of the score warpgroup prefetches the next piece's Q rows (contiguous in q) into L2
-// with one bulk request, so that the next piece's Q load reads L2 instead of DRAM. QPF = 2
-// (MLA_CUDA_WS_QPF=L): one loader thread issues that prefetch instead, when the loaders move on
-// to the next piece (no change to the score warpgroup's code). Measured slower (NOTES.md, v13);
-// kept for comparison.
-// LEAN (the default with FX = 1; MLA_CUDA_WS_LEAN=0 turns it off): a piece's Q rows are copied with two threads per row
-// and the chunk offsets known at compile time (the rows of a head tile are contiguous in q: row
+// LEAN (the default with FX = 1; MLA_CUDA_WS_LEAN=0 turns it off): a piece's Q rows are copied
+// with two threads per row and the chunk offsets known at compile time (the rows of a head tile are contiguous in q: row
 // R is row qo0 * H + R), instead of a per-chunk index division (~80 dependent instructions per
 // 16-byte chunk, ncu: NOTES.md v13); the epilogue finds its output rows the same way.
-template <int QR, int FX = 0, int PIPE = 0, int QPF = 0, bool LEAN = false>
+// Variants measured slower and removed (NOTES.md v11, v13, v14; git history): the softmax in the
+// P V warpgroups, S of tile t + 1 in flight under the softmax of tile t, one S chain with 24
+// k-steps of Q, the next piece's Q prefetched into L2, P V queued after the next S, a five-stage
+// ring.
+template <int QR, int FX = 0, bool LEAN = false>
 __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int M = 64, BN = kWsBN, NST = kWsStages;
@@ -1249,49 +1193,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                 }
             }
             cp_async_commit();
-            // QPF: thread 0 looks up where the next piece's Q rows are (contiguous in q: row R
-            // of a head tile is row qo0 * H + R) while the Q copies fly, and parks the address
-            // and byte count in two spare barrier slots (no registers live across the tiles)
-            if constexpr (QPF == 1) {
-                if (tid == 0) {
-                    const char* qn = nullptr;
-                    uint32_t nn = 0;
-                    for (int s2 = s + 1; in_range(s2); ++s2) {
-                        const WsKeys nk =
-                            ws_piece_keys(a, seg_b, seg_m, seg_prefix, s2, ubeg, uend, rr);
-                        if (nk.skip || nk.t0 >= nk.t1) continue;
-                        const int qo2 = a.qo_indptr[nk.b], n2 = a.qo_indptr[nk.b + 1] - qo2;
-                        const int R0 = (seg_m[s2] * a.R + rr) * M;
-                        const int64_t eb = a.q_f32 ? 4 : 2;
-                        qn = static_cast<const char*>(a.q) + (int64_t(qo2) * a.H + R0) * kD * eb;
-                        nn = uint32_t(min(M, n2 * a.H - R0) * kD * eb);
-                        break;
-                    }
-                    bars[14] = reinterpret_cast<uint64_t>(qn);
-                    bars[15] = nn;
-                }
-            }
-            if constexpr (FX == 3) {
-                // the next piece's Q rows into L2 while this piece runs
-                for (int s2 = s + 1; in_range(s2); ++s2) {
-                    const WsKeys nk = ws_piece_keys(a, seg_b, seg_m, seg_prefix, s2, ubeg, uend, rr);
-                    if (nk.skip || nk.t0 >= nk.t1) continue;
-                    const int qo2 = a.qo_indptr[nk.b], n2 = a.qo_indptr[nk.b + 1] - qo2;
-                    const int mt2 = seg_m[s2] * a.R + rr;
-                    const int lines = a.q_f32 ? 18 : 9;  // 128-byte lines per Q row
-                    for (int i = tid; i < M * lines; i += 128) {
-                        const int r = i / lines, ln = i - r * lines;
-                        const int R = mt2 * M + r;
-                        if (R >= n2 * a.H) break;
-                        const int j = R / a.H;
-                        const int64_t qrow = int64_t(qo2 + j) * a.H + (R - j * a.H);
-                        const char* p = static_cast<const char*>(a.q) +
-                                        qrow * kD * (a.q_f32 ? 4 : 2) + ln * 128;
-                        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-                    }
-                    break;
-                }
-            }
             cp_async_wait<0>();
             fence_proxy_async();
             asm volatile("bar.sync 1, 128;\n" ::: "memory");
@@ -1323,7 +1224,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                 float* sc2 = x2;
                 const uint64_t db0 = make_desc(sKa + st * kWsStage, 0, 1024);
                 uint64_t da = da0;
-                if constexpr (FX) asm volatile("" : "+l"(da));  // see s_issue1
+                // opaque copy (FX): the per-k-step descriptors are then formed at issue instead
+                // of being hoisted out of the tile loop (36 live 64-bit values)
+                if constexpr (FX) asm volatile("" : "+l"(da));
                 wgmma_fence();
 #pragma unroll
                 for (int ks = 0; ks < kChunks / 2; ks += 2) {
@@ -1499,69 +1402,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                 fence_proxy_async();
                 mbar_arrive(pfull_b(pb));
             };
-            auto s_issue1 = [&](int st, float (&sc)[16]) {
-                const uint64_t db0 = make_desc(sKa + st * kWsStage, 0, 1024);
-                // opaque copy: the per-k-step descriptors are then formed at issue instead of
-                // being hoisted out of the tile loop (36 live 64-bit values)
-                uint64_t da = da0;
-                asm volatile("" : "+l"(da));
-                wgmma_fence();
+            for (int t = pc.t0; t < pc.t1; ++t, ++tau) {
+                float x[16], x2[16];
+                s_issue(tau, x, x2);
+                wgmma_wait0();
+                if constexpr (FX) {
 #pragma unroll
-                for (int ks = 0; ks < kChunks / 2; ++ks) {
-                    const uint64_t db = db0 + (((ks >> 2) * (BN * 128) + (ks & 3) * 32) >> 4);
-                    if (ks < QR)
-                        wgmma_m64n32k16_ra(sc, qa[ks], db, ks > 0);
-                    else
-                        wgmma_m64n32k16(sc, da + (((ks >> 2) * (M * 128) + (ks & 3) * 32) >> 4), db,
-                                        ks > 0);
-                }
-                wgmma_commit();
-            };
-            if constexpr (PIPE > 0) {
-                float acc[2][16];
-                for (int t = pc.t0; t < pc.t1; t += PIPE, tau += PIPE) {
-                    mbar_wait(full_b(tau % NST), (tau / NST) & 1);
-                    s_issue1(tau % NST, acc[0]);
-#pragma unroll
-                    for (int u = 0; u < PIPE; ++u) {
-                        if (u + 1 < PIPE) {
-                            if (t + u + 1 < pc.t1)
-                                mbar_wait(full_b((tau + u + 1) % NST), ((tau + u + 1) / NST) & 1);
-                            s_issue1((tau + u + 1) % NST, acc[(u + 1) & 1]);
-                            wgmma_wait1();
-                        } else {
-                            wgmma_wait0();
-                        }
-                        if (u == 0 || t + u < pc.t1) s_finish_fx(t + u, tau + u, acc[u & 1]);
-                    }
-                }
-                tau -= (PIPE - (pc.t1 - pc.t0) % PIPE) % PIPE;  // the dummies of the last group
-            } else {
-                for (int t = pc.t0; t < pc.t1; ++t, ++tau) {
-                    float x[16], x2[16];
-                    if constexpr (FX == 3) {
-                        mbar_wait(full_b(tau % NST), (tau / NST) & 1);
-                        s_issue1(tau % NST, x);
-                    } else {
-                        s_issue(tau, x, x2);
-                    }
-                    wgmma_wait0();
-                    if constexpr (FX) {
-                        if constexpr (FX != 3) {
-#pragma unroll
-                            for (int i = 0; i < 16; ++i) x[i] += x2[i];
-                        }
-                        s_finish_fx(t, tau, x);
-                    } else {
-                        s_finish(t, tau, x, x2);
-                    }
-                    if constexpr (QPF == 1) {
-                        if (t == max(pc.t0, pc.t1 - 1 - a.qpf_lead) && tid == 0) {
-                            const uint32_t nn = uint32_t(bars[15]);
-                            if (nn > 0)
-                                bulk_prefetch_l2(reinterpret_cast<const void*>(bars[14]), nn);
-                        }
-                    }
+                    for (int i = 0; i < 16; ++i) x[i] += x2[i];
+                    s_finish_fx(t, tau, x);
+                } else {
+                    s_finish(t, tau, x, x2);
                 }
             }
             ++pp;
@@ -1579,27 +1429,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
     // loader cursor
     int ls = lo, lt = 0, lt1 = 0, lb = 0, lL = 0;
     bool ldone = false;
-    auto lnext_piece = [&](int s, bool pf) {
+    auto lnext_piece = [&](int s) {
         for (; in_range(s); ++s) {
             const WsPiece pc = piece(s);
             if (pc.skip || pc.t0 >= pc.t1) continue;
             ls = s; lt = pc.t0; lt1 = pc.t1; lb = pc.b; lL = pc.L;
-            if constexpr (QPF == 2) {
-                // the loader reached a new piece (its first keys are issued now, ~2 tiles before
-                // the score warpgroup needs its Q): its Q rows into L2
-                if (pf && ltid == 0) {
-                    const int R0 = pc.mtile * M;
-                    const int64_t eb = a.q_f32 ? 4 : 2;
-                    bulk_prefetch_l2(static_cast<const char*>(a.q) +
-                                         (int64_t(pc.qo0) * a.H + R0) * kD * eb,
-                                     uint32_t(min(M, pc.n * a.H - R0) * kD * eb));
-                }
-            }
             return;
         }
         ldone = true;
     };
-    lnext_piece(lo, false);
+    lnext_piece(lo);
     int n_issued = 0;
     const int my_key = ltid >> 3, my_c0 = ltid & 7;  // 8 threads per key row, 32 keys
     const int pmask = (1 << a.page_shift) - 1;
@@ -1626,7 +1465,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                            src ? src + c * 8 : a.cache, src ? 16 : 0);
             }
             ++n_issued;
-            if (++lt >= lt1) lnext_piece(ls + 1, true);
+            if (++lt >= lt1) lnext_piece(ls + 1);
             next_blk = fetch_blk();
         }
         cp_async_commit();
@@ -1726,413 +1565,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
             }
             if (half == 0 && (lane & 3) == 0) {
                 const float m = hf ? fm1 : fm0;
-                if (pc.cut) {
-                    a.ws_lse[int64_t(pc.slot) * M + r] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
-                } else if (a.lse) {
-                    a.lse[qrow] = l > 0.f ? (m + log2f(l)) * kLn2 : INFINITY;
-                }
-            }
-        }
-    }
-#endif
-}
-
-// ------------------------------------------------------------------------------------------
-// Warp-specialized decode kernel with the softmax in the P V warpgroups (sm_90a, M = 64 rows,
-// 32-key tiles, same 4-stage key ring and loaders as decode_ws_kernel). Warpgroup 0 computes
-// only S = Q K^T of tile t and stores it (f32, in its accumulator layout) to a shared buffer.
-// Each P V warpgroup reads S, runs the online softmax of the whole 64 x 32 tile itself (both
-// compute the same values from the same inputs) and feeds P to its P V wgmma from registers:
-// the S accumulator layout of a warp is the A-fragment layout of its 16 rows, so P never goes
-// through shared memory and the running m / l stay in the P V threads. Warpgroup 0, the
-// critical path of decode_ws_kernel, is left with the S products. Measured 7-11% slower than
-// decode_ws_kernel (NOTES.md, v11a / v11b): the softmax then runs twice per tile on the same
-// schedulers.
-//   full[s]   tile in stage s landed           (256 loader arrivals)
-//   empty[s]  every warp is done with s       (4 score warps + 8 P V warps)
-//   sfull     S buffer written                 (128 arrivals)
-//   sempty    S buffer read by both P V WGs    (256 arrivals)
-// ------------------------------------------------------------------------------------------
-// Q k-steps in registers and setmaxnreg split (score / each P V warpgroup) of decode_wsp_kernel:
-// its P V threads hold the running m / l and the P fragments besides O (the overlapped variant
-// two sets of them), so they get more registers and the score warpgroup keeps less of Q.
-constexpr int kWspQRegSteps = 16, kWspRegScore = 136, kWspRegPv = 184;
-constexpr int kWspoQRegSteps = 4, kWspoRegScore = 104, kWspoRegPv = 200;
-static_assert(128 * kWspRegScore + 256 * kWspRegPv <= 168 * 384, "register split");
-static_assert(128 * kWspoRegScore + 256 * kWspoRegPv <= 168 * 384, "register split");
-constexpr size_t kWspS = size_t(64) * kWsBN * 4;  // 8192: one S tile in f32
-constexpr size_t kWspSmem = 1024 + kWsQ + kWsStages * kWsStage + kWspS + 16 * 8;
-
-// OVL = true: each P V warpgroup computes the softmax of tile t + 1 while its P V wgmma of tile
-// t is in flight, and the loaders' cp.asyncs arrive on full[s] themselves when they land
-// (cp.async.mbarrier.arrive), so that warpgroup 0 can start S of a tile as soon as its keys are
-// in, independent of the P V warpgroups' progress (it then fences the async proxy itself).
-template <int QR, bool OVL>
-__global__ void __launch_bounds__(kWsThreads, 1) decode_wsp_kernel(RunArgs a) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr int M = 64, BN = kWsBN, NST = kWsStages;
-    extern __shared__ uint8_t smem_raw[];
-    uint8_t* smem = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
-    uint8_t* sQ = smem;
-    uint8_t* sK = sQ + kWsQ;
-    float4* sS = reinterpret_cast<float4*>(sK + NST * kWsStage);  // [4][128] float4
-    uint64_t* bars = reinterpret_cast<uint64_t*>(sK + NST * kWsStage + kWspS);
-    const uint32_t bar0 = smem_addr(bars);
-    auto full_b = [&](int st) { return bar0 + 8 * st; };
-    auto empty_b = [&](int st) { return bar0 + 8 * (NST + st); };
-    const uint32_t sfull_b = bar0 + 8 * (2 * NST), sempty_b = bar0 + 8 * (2 * NST + 1);
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wg = warp >> 2, wq = warp & 3;
-    const int r0 = wq * 16 + (lane >> 2), r1 = r0 + 8;
-    if (tid == 0) {
-        for (int i = 0; i < NST; ++i) {
-            mbar_init(full_b(i), 256);
-            mbar_init(empty_b(i), 12);
-        }
-        mbar_init(sfull_b, 128);
-        mbar_init(sempty_b, 256);
-    }
-    __syncthreads();
-    pdl_wait_and_release();
-
-    const int g = blockIdx.x;
-    const int grp = g / a.R, rr = g - grp * a.R;
-    const int U = a.md[0], S = a.md[1];
-    if (U <= 0) return;
-    const int64_t ubeg = a.md[a.lay.bnd() + grp], uend = a.md[a.lay.bnd() + grp + 1];
-    if (ubeg >= uend) return;
-    const int32_t* seg_b = a.md + a.lay.seg_b();
-    const int32_t* seg_m = a.md + a.lay.seg_m();
-    const int32_t* seg_prefix = a.md + a.lay.seg_prefix();
-    int lo = 0, hi = S - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (seg_prefix[mid] <= ubeg) lo = mid; else hi = mid - 1;
-    }
-    const uint32_t sQa = smem_addr(sQ), sKa = smem_addr(sK);
-    auto piece = [&](int s) { return ws_piece(a, seg_b, seg_m, seg_prefix, s, ubeg, uend, U, rr, g); };
-    auto in_range = [&](int s) { return s < S && seg_prefix[s] < uend; };
-
-    if (wg == 0) {
-        // ---------------- scores only
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(OVL ? kWspoRegScore : kWspRegScore)
-                     : "memory");
-        int tau = 0;
-        for (int s = lo; in_range(s); ++s) {
-            const WsPiece pc = piece(s);
-            if (pc.skip || pc.t0 >= pc.t1) continue;
-            for (int i = tid; i < M * kChunks; i += 128) {
-                const int r = i / kChunks, c = i - r * kChunks;
-                const int R = pc.mtile * M + r;
-                int64_t qrow = -1;
-                if (R < pc.n * a.H) {
-                    const int j = R / a.H;
-                    qrow = int64_t(pc.qo0 + j) * a.H + (R - j * a.H);
-                }
-                if (!a.q_f32) {
-                    const uint16_t* q = static_cast<const uint16_t*>(a.q);
-                    cp_async16(sQa + sw128(r, c, M), qrow >= 0 ? q + qrow * kD + c * 8 : q,
-                               qrow >= 0 ? 16 : 0);
-                } else {
-                    uint4 v = make_uint4(0, 0, 0, 0);
-                    if (qrow >= 0) {
-                        const float4* src = reinterpret_cast<const float4*>(
-                            static_cast<const float*>(a.q) + qrow * kD + c * 8);
-                        const float4 x0 = __ldg(src), x1 = __ldg(src + 1);
-                        v.x = pack_bf16x2(x0.x, x0.y);
-                        v.y = pack_bf16x2(x0.z, x0.w);
-                        v.z = pack_bf16x2(x1.x, x1.y);
-                        v.w = pack_bf16x2(x1.z, x1.w);
-                    }
-                    *reinterpret_cast<uint4*>(sQ + sw128(r, c, M)) = v;
-                }
-            }
-            cp_async_commit();
-            cp_async_wait<0>();
-            fence_proxy_async();
-            asm volatile("bar.sync 1, 128;\n" ::: "memory");
-            const uint64_t da0 = make_desc(sQa, 0, 1024);
-            uint32_t qa[QR > 0 ? QR : 1][4];
-            {
-                const int qr = wq * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-                for (int ks = 0; ks < QR; ++ks)
-                    ldmatrix_x4(sQa + sw128(qr, 2 * ks + (lane >> 4), M), qa[ks][0], qa[ks][1],
-                                qa[ks][2], qa[ks][3]);
-            }
-            for (int t = pc.t0; t < pc.t1; ++t, ++tau) {
-                const int st = tau % NST;
-                mbar_wait(full_b(st), (tau / NST) & 1);
-                if constexpr (OVL) fence_proxy_async();  // the loaders' cp.async writes
-                float sc[16], sc2[16];
-                const uint64_t db0 = make_desc(sKa + st * kWsStage, 0, 1024);
-                wgmma_fence();
-#pragma unroll
-                for (int ks = 0; ks < kChunks / 2; ks += 2) {
-                    const uint32_t kk = (ks & 3) * 32, kk2 = ((ks + 1) & 3) * 32;
-                    const uint64_t db = db0 + (((ks >> 2) * (BN * 128) + kk) >> 4);
-                    const uint64_t db2 = db0 + ((((ks + 1) >> 2) * (BN * 128) + kk2) >> 4);
-                    if (ks < QR) {
-                        wgmma_m64n32k16_ra(sc, qa[ks], db, ks > 0);
-                        wgmma_m64n32k16_ra(sc2, qa[ks + 1], db2, ks > 0);
-                    } else {
-                        wgmma_m64n32k16(sc, da0 + (((ks >> 2) * (M * 128) + kk) >> 4), db, ks > 0);
-                        wgmma_m64n32k16(sc2, da0 + ((((ks + 1) >> 2) * (M * 128) + kk2) >> 4),
-                                        db2, ks > 0);
-                    }
-                }
-                wgmma_commit();
-                wgmma_wait0();
-                __syncwarp();
-                mbar_arrive_if(empty_b(st), lane == 0);
-#pragma unroll
-                for (int i = 0; i < 16; ++i) sc[i] += sc2[i];
-                // the P V warpgroups have read the previous S (tau = 0: returns at once)
-                mbar_wait(sempty_b, (tau - 1) & 1);
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    sS[j * 128 + tid] = make_float4(sc[j * 4], sc[j * 4 + 1], sc[j * 4 + 2], sc[j * 4 + 3]);
-                mbar_arrive(sfull_b);
-            }
-        }
-        return;
-    }
-
-    // ---------------- loaders + softmax + P V (warpgroups 1 and 2)
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(OVL ? kWspoRegPv : kWspRegPv) : "memory");
-    const int ltid = tid - 128;           // 0..255
-    const int wtid = tid & 127;           // thread of this warpgroup: same rows as in warpgroup 0
-    const uint32_t sSa = smem_addr(sS);
-    const int half = wg - 1;              // which 256 columns of O
-    int ls = lo, lt = 0, lt1 = 0, lb = 0, lL = 0;
-    bool ldone = false;
-    auto lnext_piece = [&](int s) {
-        for (; in_range(s); ++s) {
-            const WsKeys pc = ws_piece_keys(a, seg_b, seg_m, seg_prefix, s, ubeg, uend, rr);
-            if (pc.skip || pc.t0 >= pc.t1) continue;
-            ls = s; lt = pc.t0; lt1 = pc.t1; lb = pc.b; lL = pc.L;
-            return;
-        }
-        ldone = true;
-    };
-    lnext_piece(lo);
-    int n_issued = 0;
-    const int my_key = ltid >> 3, my_c0 = ltid & 7;
-    const int pmask = (1 << a.page_shift) - 1;
-    auto fetch_blk = [&]() -> int {
-        const int kpos = lt * BN + my_key;
-        return (!ldone && kpos < lL)
-                   ? __ldg(a.block_table + int64_t(lb) * a.bt_stride + (kpos >> a.page_shift))
-                   : 0;
-    };
-    int next_blk = fetch_blk();
-    auto issue_next = [&]() {
-        if (!ldone) {
-            if (n_issued >= NST) mbar_wait(empty_b(n_issued % NST), ((n_issued / NST) - 1) & 1);
-            const int kpos = lt * BN + my_key;
-            const uint16_t* src = nullptr;
-            if (kpos < lL) src = a.cache + (int64_t(next_blk) * (pmask + 1) + (kpos & pmask)) * kD;
-            // chunk my_c0 + 8 i of the key row: column block i, one base address + immediates
-            const uint32_t dst = sKa + (n_issued % NST) * kWsStage + my_key * 128 +
-                                 ((my_c0 ^ (my_key & 7)) << 4);
-            const uint16_t* sp = (src ? src : a.cache) + my_c0 * 8;
-            const int nb = src ? 16 : 0;
-#pragma unroll
-            for (int i = 0; i < kChunks / 8; ++i) cp_async16(dst + i * (BN * 128), sp + i * 64, nb);
-            if constexpr (OVL) cp_async_mbar_arrive(full_b(n_issued % NST));
-            ++n_issued;
-            if (++lt >= lt1) lnext_piece(ls + 1);
-            next_blk = fetch_blk();
-        }
-        if constexpr (!OVL) cp_async_commit();
-    };
-    issue_next();
-    issue_next();
-    issue_next();
-    if constexpr (!OVL) {
-        cp_async_wait<2>();
-        fence_proxy_async();
-        if (n_issued > 0) mbar_arrive(full_b(0));
-    }
-
-    float o[128];
-    int tau = 0;
-    float m0, m1, l0, l1;  // running max (log2 units) and this thread's share of the row sums
-    // Reads S of ring position tau_i and computes P (A fragments of the two 16-key k-steps) and
-    // the rescale factors of tile t, updating m / l.
-    auto softmax_tile = [&](int t, int tau_i, int lim0, int lim1, int lim_min, uint32_t (&pa)[2][4],
-                            float& al0, float& al1) {
-        mbar_wait(sfull_b, tau_i & 1);
-        // two passes over the shared S (row max, then exponentials) keep fewer values live
-        // next to O; scale_log2 > 0, so the max of the raw scores gives the scaled max
-        const bool full = (t + 1) * BN <= lim_min;  // every key visible to both rows
-        const int key0 = t * BN + (lane & 3) * 2;
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const float4 v = lds128(sSa + (j * 128 + wtid) * 16);
-            const int k = key0 + j * 8;
-            if (full) {
-                mx0 = fmaxf(mx0, fmaxf(v.x, v.y));
-                mx1 = fmaxf(mx1, fmaxf(v.z, v.w));
-            } else {
-                mx0 = fmaxf(mx0, fmaxf(k < lim0 ? v.x : -INFINITY, k + 1 < lim0 ? v.y : -INFINITY));
-                mx1 = fmaxf(mx1, fmaxf(k < lim1 ? v.z : -INFINITY, k + 1 < lim1 ? v.w : -INFINITY));
-            }
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        mx0 *= a.scale_log2;
-        mx1 *= a.scale_log2;
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float mu0 = mn0 == -INFINITY ? 0.f : mn0;
-        const float mu1 = mn1 == -INFINITY ? 0.f : mn1;
-        al0 = mn0 == -INFINITY ? 1.f : ex2_fast(m0 - mu0);
-        al1 = mn1 == -INFINITY ? 1.f : ex2_fast(m1 - mu1);
-        m0 = mn0;
-        m1 = mn1;
-        float sum0 = 0.f, sum1 = 0.f;
-        const float sl = a.scale_log2;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const float4 v = lds128(sSa + (j * 128 + wtid) * 16);
-            float p00 = ex2_fast(fmaf(v.x, sl, -mu0)), p01 = ex2_fast(fmaf(v.y, sl, -mu0));
-            float p10 = ex2_fast(fmaf(v.z, sl, -mu1)), p11 = ex2_fast(fmaf(v.w, sl, -mu1));
-            if (!full) {
-                const int k = key0 + j * 8;
-                p00 = k < lim0 ? p00 : 0.f;
-                p01 = k + 1 < lim0 ? p01 : 0.f;
-                p10 = k < lim1 ? p10 : 0.f;
-                p11 = k + 1 < lim1 ? p11 : 0.f;
-            }
-            sum0 += p00 + p01;
-            sum1 += p10 + p11;
-            // A fragment of k-step j / 2: keys 16 (j / 2) + 2 (lane & 3) (+ 8 for odd j)
-            pa[j >> 1][(j & 1) * 2 + 0] = pack_bf16x2(p00, p01);
-            pa[j >> 1][(j & 1) * 2 + 1] = pack_bf16x2(p10, p11);
-        }
-        mbar_arrive(sempty_b);
-        l0 = l0 * al0 + sum0;
-        l1 = l1 * al1 + sum1;
-    };
-    auto rescale = [&](float al0, float al1) {
-        if (!__all_sync(0xffffffffu, al0 == 1.f && al1 == 1.f)) {
-#pragma unroll
-            for (int j = 0; j < 32; ++j) {
-                o[j * 4 + 0] *= al0;
-                o[j * 4 + 1] *= al0;
-                o[j * 4 + 2] *= al1;
-                o[j * 4 + 3] *= al1;
-            }
-        }
-    };
-    for (int s = lo; in_range(s); ++s) {
-        const WsPiece pc = piece(s);
-        if (pc.skip) continue;
-#pragma unroll
-        for (int i = 0; i < 128; ++i) o[i] = 0.f;
-        m0 = -INFINITY;
-        m1 = -INFINITY;
-        l0 = 0.f;
-        l1 = 0.f;
-        if (pc.t0 < pc.t1) {
-            int lim0 = 0, lim1 = 0;
-            {
-                const int R0 = pc.mtile * M + r0, R1 = pc.mtile * M + r1;
-                if (R0 < pc.n * a.H) lim0 = max(0, min(a.causal ? pc.L - pc.n + R0 / a.H + 1 : pc.L, pc.L));
-                if (R1 < pc.n * a.H) lim1 = max(0, min(a.causal ? pc.L - pc.n + R1 / a.H + 1 : pc.L, pc.L));
-            }
-            const int lim_min = __reduce_min_sync(0xffffffffu, min(lim0, lim1));
-            if constexpr (!OVL) {
-                for (int t = pc.t0; t < pc.t1; ++t, ++tau) {
-                    cp_async_wait<1>();
-                    fence_proxy_async();
-                    if (tau + 1 < n_issued) mbar_arrive(full_b((tau + 1) % NST));
-                    issue_next();
-                    uint32_t pa[2][4];
-                    float al0, al1;
-                    softmax_tile(t, tau, lim0, lim1, lim_min, pa, al0, al1);
-                    rescale(al0, al1);
-                    const int st = tau % NST;
-                    const uint64_t vb0 =
-                        make_desc(sKa + st * kWsStage + half * 4 * (BN * 128), BN * 128, 1024);
-                    wgmma_fence();
-#pragma unroll
-                    for (int ks = 0; ks < BN / 16; ++ks)
-                        wgmma_m64n256k16_ra_bt(o, pa[ks], vb0 + ((ks * 2048) >> 4), 1);
-                    wgmma_commit();
-                    wgmma_wait0();
-                    __syncwarp();
-                    if (lane == 0) mbar_arrive(empty_b(st));  // this warp no longer reads the stage
-                }
-            } else {
-                uint32_t pa[2][4];
-                float al0, al1;
-                softmax_tile(pc.t0, tau, lim0, lim1, lim_min, pa, al0, al1);
-                for (int t = pc.t0; t < pc.t1; ++t, ++tau) {
-                    issue_next();
-                    rescale(al0, al1);
-                    const int st = tau % NST;
-                    const uint64_t vb0 =
-                        make_desc(sKa + st * kWsStage + half * 4 * (BN * 128), BN * 128, 1024);
-                    fence_proxy_async();  // keys landed (seen through sfull): async-proxy reads
-                    wgmma_fence();
-#pragma unroll
-                    for (int ks = 0; ks < BN / 16; ++ks)
-                        wgmma_m64n256k16_ra_bt(o, pa[ks], vb0 + ((ks * 2048) >> 4), 1);
-                    wgmma_commit();
-                    // softmax of the next tile while this P V runs
-                    uint32_t pn[2][4];
-                    float an0 = 1.f, an1 = 1.f;
-                    if (t + 1 < pc.t1) softmax_tile(t + 1, tau + 1, lim0, lim1, lim_min, pn, an0, an1);
-                    wgmma_wait0();
-                    __syncwarp();
-                    if (lane == 0) mbar_arrive(empty_b(st));
-#pragma unroll
-                    for (int i = 0; i < 8; ++i) pa[i >> 2][i & 3] = pn[i >> 2][i & 3];
-                    al0 = an0;
-                    al1 = an1;
-                }
-            }
-            l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-            l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-            l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-            l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-        }
-        // write this piece's rows (l = 0: no key seen -> out 0, lse +inf / -inf partial)
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int r = hf ? r1 : r0;
-            const int R = pc.mtile * M + r;
-            if (R >= pc.n * a.H) continue;
-            const int j = R / a.H;
-            const int64_t qrow = int64_t(pc.qo0 + j) * a.H + (R - j * a.H);
-            const float l = hf ? l1 : l0;
-            const float inv = l > 0.f ? 1.f / l : 0.f;
-#pragma unroll
-            for (int jj = 0; jj < 32; ++jj) {
-                const int col = half * 256 + jj * 8 + (lane & 3) * 2;
-                const float v0 = o[jj * 4 + hf * 2] * inv, v1 = o[jj * 4 + hf * 2 + 1] * inv;
-                if (pc.cut && a.ws_bf16) {
-                    uint16_t* dst = reinterpret_cast<uint16_t*>(a.ws_o) +
-                                    (int64_t(pc.slot) * M + r) * kDc + col;
-                    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(v0, v1);
-                } else if (pc.cut) {
-                    float* dst = a.ws_o + (int64_t(pc.slot) * M + r) * kDc + col;
-                    *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
-                } else if (a.out_f32) {
-                    float* dst = static_cast<float*>(a.out) + qrow * kDc + col;
-                    *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
-                } else {
-                    uint16_t* dst = static_cast<uint16_t*>(a.out) + qrow * kDc + col;
-                    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(v0, v1);
-                }
-            }
-            if (half == 0 && (lane & 3) == 0) {
-                const float m = hf ? m1 : m0;
                 if (pc.cut) {
                     a.ws_lse[int64_t(pc.slot) * M + r] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
                 } else if (a.lse) {
@@ -2453,50 +1885,23 @@ void attention_init(DeviceInfo& dev, bool allow_wgmma) {
                 const char* v = std::getenv("MLA_CUDA_WS_QREG");
                 dev.ws_qreg = !(v && v[0] == '0');
                 // The cheaper softmax on the score warpgroup (decode_ws_kernel<QR, FX>) is the
-                // default; MLA_CUDA_WS_FX=0: the previous softmax (v10), =3: one S chain, 24
-                // k-steps of Q, Q prefetch; =2 / =4: S of t + 1 under the softmax of t
+                // default; MLA_CUDA_WS_FX=0: the previous softmax (v10)
                 const char* fx = std::getenv("MLA_CUDA_WS_FX");
-                dev.ws_fx = !dev.ws_qreg ? 0
-                            : !fx ? 1
-                            : (fx[0] >= '0' && fx[0] <= '4') ? fx[0] - '0' : 1;
+                dev.ws_fx = !dev.ws_qreg ? 0 : (fx && fx[0] == '0') ? 0 : 1;
                 if (dev.ws_fx)
                     for (auto* k : {decode_ws_kernel<kWsQRegSteps, 1>,
-                                    decode_ws_kernel<kWsQRegSteps, 1, 0, 1>,
-                                    decode_ws_kernel<kWsQRegSteps, 1, 0, 2>,
-                                    decode_ws_kernel<kWsQRegSteps, 1, 0, 0, true>,
-                                    decode_ws_kernel<kWsFxQRegSteps, 3>,
-                                    decode_ws_kernel<kWsPipeQRegSteps, 1, 2>,
-                                    decode_ws_kernel<kWsPipeQRegSteps, 1, 4>})
+                                    decode_ws_kernel<kWsQRegSteps, 1, true>})
                         check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    int(kWsSmem)),
                               "cudaFuncSetAttribute(warp-specialized decode kernel)");
-                // MLA_CUDA_WS_QPF=n (1..64): with the default softmax (FX = 1), the score
-                // warpgroup prefetches the next piece's Q into L2 n tiles before a piece's last
-                // tile; MLA_CUDA_WS_QPF=L: the loaders prefetch it when they reach the piece
-                // (both measured slower, NOTES.md v13)
-                if (const char* qp = std::getenv("MLA_CUDA_WS_QPF")) {
-                    const int n = qp[0] == 'L' ? 65 : std::atoi(qp);
-                    dev.ws_qpf = (n >= 1 && n <= 65) ? n : 0;
-                }
                 // The division-free Q copy and epilogue rows (decode_ws_kernel<.., LEAN>,
-                // NOTES.md v13) are the default with FX = 1 unless a QPF variant is asked for;
-                // MLA_CUDA_WS_LEAN=0 gives the v12 kernel back
+                // NOTES.md v13) are the default with FX = 1; MLA_CUDA_WS_LEAN=0 gives the v12
+                // kernel back
                 const char* ln = std::getenv("MLA_CUDA_WS_LEAN");
-                dev.ws_lean = ln ? ln[0] == '1' : dev.ws_qpf == 0;
+                dev.ws_lean = !(ln && ln[0] == '0');
                 // MLA_CUDA_PDL=1: programmatic dependent launch of this kernel and the combine
                 const char* pd = std::getenv("MLA_CUDA_PDL");
                 dev.pdl = pd && pd[0] == '1';
-                // MLA_CUDA_WS_PREG=1: softmax in the P V warpgroups (decode_wsp_kernel);
-                // 2: the same with the softmax of tile t + 1 under the P V of tile t
-                const char* pr = std::getenv("MLA_CUDA_WS_PREG");
-                if (dev.ws_qreg && pr && (pr[0] == '1' || pr[0] == '2') && kWspSmem <= dev.smem_optin) {
-                    for (auto* k : {decode_wsp_kernel<kWspQRegSteps, false>,
-                                    decode_wsp_kernel<kWspoQRegSteps, true>})
-                        check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   int(kWspSmem)),
-                              "cudaFuncSetAttribute(warp-specialized decode kernel, P in registers)");
-                    dev.ws_preg = pr[0] - '0';
-                }
             }
         }
     }
@@ -2531,14 +1936,9 @@ const char* attention_path(const DeviceInfo& dev, const AttentionParams& p) {
     if (!fast_path(dev, p)) return "generic";
     const int M = rows_per_tile(p.num_heads), BN = pick_bn(dev, M);
     const bool pos = p.scale > 0.f;  // see attention_run
-    if (use_wgmma(dev, M) && dev.ws && dev.ws_preg && pos)
-        return dev.ws_preg == 2 ? "wgmma-wsp-bf16 M=64 BN=32 Qreg=4 Preg overlap"
-                                : "wgmma-wsp-bf16 M=64 BN=32 Qreg=16 Preg";
     if (use_wgmma(dev, M) && dev.ws && dev.ws_fx && pos)
-        return dev.ws_fx == 4   ? "wgmma-ws-bf16 M=64 BN=32 Qreg=20 fastsoftmax S-overlap x4"
-               : dev.ws_fx == 3 ? "wgmma-ws-bf16 M=64 BN=32 Qreg=24 fastsoftmax 1chain Qprefetch"
-               : dev.ws_fx == 2 ? "wgmma-ws-bf16 M=64 BN=32 Qreg=20 fastsoftmax S-overlap x2"
-                                : "wgmma-ws-bf16 M=64 BN=32 Qreg=20 fastsoftmax";
+        return dev.ws_lean ? "wgmma-ws-bf16 M=64 BN=32 Qreg=20 fastsoftmax"
+                           : "wgmma-ws-bf16 M=64 BN=32 Qreg=20 fastsoftmax v12-Qcopy";
     if (use_wgmma(dev, M) && dev.ws)
         return dev.ws_qreg ? "wgmma-ws-bf16 M=64 BN=32 Qreg=20" : "wgmma-ws-bf16 M=64 BN=32";
     if (use_wgmma(dev, M)) return "wgmma-bf16 M=64 BN=64";
@@ -2672,35 +2072,12 @@ void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* 
     a.NG = s.NG;
     a.scale_log2 = p.scale * kLog2e;
     a.lay = Layout{s.smax, s.G, p.num_seqs};
-    a.qpf_lead = dev.ws_qpf;
     const size_t smem = mma_smem_bytes(s.M, s.BN);
     // the cheaper softmaxes take the max over unscaled scores: only for a positive scale
     const int ws_fx = a.scale_log2 > 0.f ? dev.ws_fx : 0;
-    const int ws_preg = a.scale_log2 > 0.f ? dev.ws_preg : 0;
     if (use_wgmma(dev, s.M) && dev.ws) {
-        if (ws_preg == 2)
-            launch_run_kernel(decode_wsp_kernel<kWspoQRegSteps, true>, dim3(unsigned(a.G)),
-                              kWsThreads, kWspSmem, stream, a, dev.pdl);
-        else if (ws_preg)
-            launch_run_kernel(decode_wsp_kernel<kWspQRegSteps, false>, dim3(unsigned(a.G)),
-                              kWsThreads, kWspSmem, stream, a, dev.pdl);
-        else if (ws_fx == 4)
-            launch_run_kernel(decode_ws_kernel<kWsPipeQRegSteps, 1, 4>, dim3(unsigned(a.G)),
-                              kWsThreads, kWsSmem, stream, a, dev.pdl);
-        else if (ws_fx == 2)
-            launch_run_kernel(decode_ws_kernel<kWsPipeQRegSteps, 1, 2>, dim3(unsigned(a.G)),
-                              kWsThreads, kWsSmem, stream, a, dev.pdl);
-        else if (ws_fx == 3)
-            launch_run_kernel(decode_ws_kernel<kWsFxQRegSteps, 3>, dim3(unsigned(a.G)),
-                              kWsThreads, kWsSmem, stream, a, dev.pdl);
-        else if (ws_fx == 1 && dev.ws_lean)
-            launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1, 0, 0, true>, dim3(unsigned(a.G)),
-                              kWsThreads, kWsSmem, stream, a, dev.pdl);
-        else if (ws_fx == 1 && dev.ws_qpf > 64)
-            launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1, 0, 2>, dim3(unsigned(a.G)),
-                              kWsThreads, kWsSmem, stream, a, dev.pdl);
-        else if (ws_fx == 1 && dev.ws_qpf > 0)
-            launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1, 0, 1>, dim3(unsigned(a.G)),
+        if (ws_fx && dev.ws_lean)
+            launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1, true>, dim3(unsigned(a.G)),
                               kWsThreads, kWsSmem, stream, a, dev.pdl);
         else if (ws_fx)
             launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1>, dim3(unsigned(a.G)),

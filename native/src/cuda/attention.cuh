@@ -20,10 +20,7 @@ struct DeviceInfo {
     bool wgmma = false;      // the sm_90a kernels are in this binary and run on this device
     bool ws = false;         // use the warp-specialized sm_90a kernel for 64-row tiles
     bool ws_qreg = false;    // ... with part of Q held in registers by the score warpgroup
-    int ws_preg = 0;         // ... softmax in the P V warpgroups, P in registers (1; 2: overlapped)
-    int ws_fx = 0;           // ... cheaper softmax: 1, 3 (+ 1 chain, Q 24, prefetch); 2, 4: S overlap
-    int ws_qpf = 0;          // ... next piece's Q prefetched into L2 this many tiles early (0: off;
-                             // 65: by the loaders)
+    int ws_fx = 0;           // ... cheaper softmax (1, the default; MLA_CUDA_WS_FX=0: off)
     bool ws_lean = false;    // ... division-free Q copy and output rows (default; MLA_CUDA_WS_LEAN=0: off)
     bool pdl = false;        // programmatic dependent launch of the sm_90a kernel + combine
     float cut_penalty = 8.f; // plan: cost of a cut piece in 64-key units (MLA_CUDA_CUT_PENALTY;
