@@ -324,8 +324,8 @@ __global__ void __launch_bounds__(Cf::kThreads) gemm_tc_kernel(const __grid_cons
     }
     cp_async_wait<0>();
 
-    const int64_t cz = int64_t(z) * g.sc;
-    if (a.splits == 1) {
+    // f(m, n, v0, v1) for each pair of accumulators (row m, columns n and n + 1) inside C
+    auto each_pair = [&](auto&& f) {
 #pragma unroll
         for (int i = 0; i < MI; ++i)
 #pragma unroll
@@ -334,27 +334,22 @@ __global__ void __launch_bounds__(Cf::kThreads) gemm_tc_kernel(const __grid_cons
                 for (int h = 0; h < 2; ++h) {
                     const int m = m0 + wm * Cf::WM + i * 16 + (lane >> 2) + h * 8;
                     const int n = n0 + wn * Cf::WN + j * 8 + (lane & 3) * 2;
-                    if (m < g.M && n < g.N)
-                        store_c2(g, cz + int64_t(m) * g.ldc + n, n, acc[i][j][2 * h],
-                                 acc[i][j][2 * h + 1], a.c_vec);
+                    if (m < g.M && n < g.N) f(m, n, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
                 }
+    };
+    const int64_t cz = int64_t(z) * g.sc;
+    if (a.splits == 1) {
+        each_pair([&](int m, int n, float v0, float v1) {
+            store_c2(g, cz + int64_t(m) * g.ldc + n, n, v0, v1, a.c_vec);
+        });
         return;
     }
     const int64_t MN = int64_t(g.M) * g.N;
     float* P = a.part + int64_t(blockIdx.z) * MN;
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int m = m0 + wm * Cf::WM + i * 16 + (lane >> 2) + h * 8;
-                const int n = n0 + wn * Cf::WN + j * 8 + (lane & 3) * 2;
-                if (m < g.M && n < g.N) {
-                    P[int64_t(m) * g.N + n] = acc[i][j][2 * h];
-                    if (n + 1 < g.N) P[int64_t(m) * g.N + n + 1] = acc[i][j][2 * h + 1];
-                }
-            }
+    each_pair([&](int m, int n, float v0, float v1) {
+        P[int64_t(m) * g.N + n] = v0;
+        if (n + 1 < g.N) P[int64_t(m) * g.N + n + 1] = v1;
+    });
     __threadfence();
     __syncthreads();
     __shared__ int last;
