@@ -19,6 +19,10 @@ if [ "${MLA_BENCH_VARIANTS:-1}" != 0 ]; then
   MLA_CUDA_WS_FX=0 "$dir/bench_decode" --no-layer --torch "$out/torch.csv" \
     --csv "$out/bench-fx0.csv" > "$out/bench-fx0.log" 2>&1
   tail -n 28 "$out/bench-fx0.log"
+  echo "== seesaw kernel (MLA_CUDA_DECODE=seesaw)"
+  MLA_CUDA_DECODE=seesaw timeout 300 "$dir/bench_decode" --no-layer --torch "$out/torch.csv" \
+    --csv "$out/bench-seesaw.csv" > "$out/bench-seesaw.log" 2>&1
+  tail -n 28 "$out/bench-seesaw.log"
   echo "== two-warpgroup wgmma kernel (MLA_CUDA_WS=0)"
   MLA_CUDA_WS=0 "$dir/bench_decode" --no-layer --torch "$out/torch.csv" \
     --csv "$out/bench-wg.csv" > "$out/bench-wg.log" 2>&1

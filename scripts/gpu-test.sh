@@ -19,10 +19,10 @@ echo "== tests (default kernels: warp-specialized wgmma on sm_90a, cheaper softm
 tail -n 40 "$out/test.log"
 # the other variants of the warp-specialized kernel (see attention_init)
 for v in MLA_CUDA_WS_LEAN=0 MLA_CUDA_WS_FX=0 \
-         MLA_CUDA_PDL=1; do
+         MLA_CUDA_PDL=1 MLA_CUDA_DECODE=seesaw; do
   echo "== tests ($v)"
   log="$out/test-$(echo "${v#MLA_CUDA_}" | tr -d =).log"
-  env "$v" "$dir/tests_cuda/test_cuda_backend" > "$log" 2>&1 || status=1
+  env "$v" timeout 300 "$dir/tests_cuda/test_cuda_backend" > "$log" 2>&1 || status=1
   grep -E "FAIL|checks," "$log" | tail -n 10
 done
 echo "== tests (MLA_CUDA_WS_QREG=0: warp-specialized kernel, Q from shared memory only)"

@@ -31,6 +31,10 @@
 //                        held in registers, cheaper softmax (default on H100/H200;
 //                        MLA_CUDA_WS_FX=0: the previous softmax, MLA_CUDA_WS_QREG=0: no Q in
 //                        registers)
+//   decode_ss_kernel     sm_90a, 64-row tiles, bf16 q: two warpgroups in a "seesaw" (each
+//                        computes the scores of every other 64-key tile and half of O; P
+//                        and the row max cross over through shared memory), keys loaded by
+//                        both (MLA_CUDA_DECODE=seesaw; not yet measured, so not the default)
 //   decode_wgmma_kernel  sm_90a, 64-row tiles: two symmetric warpgroups, wgmma, 64-key tiles
 //                        (MLA_CUDA_WS=0)
 //   decode_mma_kernel    any sm_80+ GPU and 16/32-row tiles (H <= 32): mma.sync m16n8k16
@@ -48,6 +52,7 @@
 #include <cstdlib>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 namespace mla {
 namespace cuda {
@@ -374,6 +379,36 @@ struct RunArgs {
     Layout lay;
 };
 
+// This CTA's share of the plan: its group's unit range [ubeg, uend), the segment tables and
+// the first segment reaching into the range (lo: the last s with seg_prefix[s] <= ubeg). False
+// for an idle CTA (no units at all, or an empty range).
+struct CtaRange {
+    int g, rr, S, lo;
+    int64_t ubeg, uend;
+    const int32_t *seg_b, *seg_m, *seg_prefix;
+};
+__device__ __forceinline__ bool cta_range(const RunArgs& a, CtaRange& c) {
+    c.g = blockIdx.x;
+    const int grp = c.g / a.R;
+    c.rr = c.g - grp * a.R;
+    const int U = a.md[0];
+    c.S = a.md[1];
+    if (U <= 0) return false;
+    c.ubeg = a.md[a.lay.bnd() + grp];
+    c.uend = a.md[a.lay.bnd() + grp + 1];
+    if (c.ubeg >= c.uend) return false;
+    c.seg_b = a.md + a.lay.seg_b();
+    c.seg_m = a.md + a.lay.seg_m();
+    c.seg_prefix = a.md + a.lay.seg_prefix();
+    int lo = 0, hi = c.S - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (c.seg_prefix[mid] <= c.ubeg) lo = mid; else hi = mid - 1;
+    }
+    c.lo = lo;
+    return true;
+}
+
 // Byte offset of 16-byte chunk c of row r in a swizzled [rows][72 chunks] tile.
 __device__ __forceinline__ uint32_t swz(int r, int c) {
     return uint32_t(r * kRowBytes + ((c ^ (r & 7)) << 4));
@@ -405,22 +440,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_mma_kernel(RunArgs a) {
     int* s_lim = s_qrow + M;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = blockIdx.x;
-    const int grp = g / a.R, rr = g - grp * a.R;
-    const int U = a.md[0], S = a.md[1];
-    if (U <= 0) return;
-    const int64_t ubeg = a.md[a.lay.bnd() + grp], uend = a.md[a.lay.bnd() + grp + 1];
-    if (ubeg >= uend) return;
-    const int32_t* seg_b = a.md + a.lay.seg_b();
-    const int32_t* seg_m = a.md + a.lay.seg_m();
-    const int32_t* seg_prefix = a.md + a.lay.seg_prefix();
-
-    // first segment: last s with seg_prefix[s] <= ubeg
-    int lo = 0, hi = S - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (seg_prefix[mid] <= ubeg) lo = mid; else hi = mid - 1;
-    }
+    CtaRange cr;
+    if (!cta_range(a, cr)) return;
+    const int g = cr.g, rr = cr.rr, S = cr.S, lo = cr.lo;
+    const int64_t ubeg = cr.ubeg, uend = cr.uend;
+    const int32_t *seg_b = cr.seg_b, *seg_m = cr.seg_m, *seg_prefix = cr.seg_prefix;
     const uint32_t sQa = smem_addr(sQ), sKa = smem_addr(sK), sPa = smem_addr(sP);
     const int wr = warp / WC, wc = warp % WC;
     const bool s_active = wr * MTW < MT;
@@ -714,6 +738,44 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint
            (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
 }
 
+// Masks the keys at or past each row's limit (lim0: this thread's row r0, lim1: r1) in a tile of
+// 8 J keys from key0 (accumulator layout: s[4 j + e] is key key0 + 8 j + 2 (lane & 3) + (e & 1)),
+// unless full (every key of the tile is visible to every row of the warp), and returns each row's
+// max of the raw scores, reduced over the four lanes that hold the row.
+template <int J>
+__device__ __forceinline__ void mask_row_max(float (&s)[4 * J], int key0, int lim0, int lim1,
+                                             bool full, int lane, float& mx0, float& mx1) {
+    mx0 = -INFINITY;
+    mx1 = -INFINITY;
+    if (full) {
+#pragma unroll
+        for (int j = 0; j < J; ++j) {
+            mx0 = fmaxf(mx0, fmaxf(s[j * 4 + 0], s[j * 4 + 1]));
+            mx1 = fmaxf(mx1, fmaxf(s[j * 4 + 2], s[j * 4 + 3]));
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < J; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = key0 + j * 8 + (lane & 3) * 2 + (e & 1);
+                float v = s[j * 4 + e];
+                if (e < 2) {
+                    v = key < lim0 ? v : -INFINITY;
+                    mx0 = fmaxf(mx0, v);
+                } else {
+                    v = key < lim1 ? v : -INFINITY;
+                    mx1 = fmaxf(mx1, v);
+                }
+                s[j * 4 + e] = v;
+            }
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+}
+
 #endif
 
 __global__ void __launch_bounds__(kThreads, 1) decode_wgmma_kernel(RunArgs a) {
@@ -733,20 +795,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_wgmma_kernel(RunArgs a) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wg = warp >> 2, wq = warp & 3;
     const int r0 = wq * 16 + (lane >> 2), r1 = r0 + 8;
-    const int g = blockIdx.x;
-    const int grp = g / a.R, rr = g - grp * a.R;
-    const int U = a.md[0], S = a.md[1];
-    if (U <= 0) return;
-    const int64_t ubeg = a.md[a.lay.bnd() + grp], uend = a.md[a.lay.bnd() + grp + 1];
-    if (ubeg >= uend) return;
-    const int32_t* seg_b = a.md + a.lay.seg_b();
-    const int32_t* seg_m = a.md + a.lay.seg_m();
-    const int32_t* seg_prefix = a.md + a.lay.seg_prefix();
-    int lo = 0, hi = S - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (seg_prefix[mid] <= ubeg) lo = mid; else hi = mid - 1;
-    }
+    CtaRange cr;
+    if (!cta_range(a, cr)) return;
+    const int g = cr.g, rr = cr.rr, S = cr.S, lo = cr.lo;
+    const int64_t ubeg = cr.ubeg, uend = cr.uend;
+    const int32_t *seg_b = cr.seg_b, *seg_m = cr.seg_m, *seg_prefix = cr.seg_prefix;
     const uint32_t sQa = smem_addr(sQ), sKa = smem_addr(sK), sPa = smem_addr(sP);
 
     for (int s = lo; s < S && seg_prefix[s] < uend; ++s) {
@@ -859,26 +912,10 @@ __global__ void __launch_bounds__(kThreads, 1) decode_wgmma_kernel(RunArgs a) {
                 wgmma_commit();
                 wgmma_wait0();
 
-                float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int key = t * BN + wg * 32 + j * 8 + (lane & 3) * 2 + (e & 1);
-                        float v = sc[j * 4 + e] * a.scale_log2;
-                        if (e < 2) {
-                            v = key < lim0 ? v : -INFINITY;
-                            mx0 = fmaxf(mx0, v);
-                        } else {
-                            v = key < lim1 ? v : -INFINITY;
-                            mx1 = fmaxf(mx1, v);
-                        }
-                        sc[j * 4 + e] = v;
-                    }
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+                for (int i = 0; i < 16; ++i) sc[i] *= a.scale_log2;
+                float mx0, mx1;
+                mask_row_max<4>(sc, t * BN + wg * 32, lim0, lim1, false, lane, mx0, mx1);
                 if ((lane & 3) == 0) {
                     red_max[wg * M + r0] = mx0;
                     red_max[wg * M + r1] = mx1;
@@ -1049,9 +1086,11 @@ struct WsPiece {
     bool cut, skip;
 };
 
+// TPU key tiles per 64-key unit of the plan: 2 (32-key tiles) or 1 (64-key tiles)
+template <int TPU = 2>
 __device__ __forceinline__ WsPiece ws_piece(const RunArgs& a, const int32_t* seg_b,
                                             const int32_t* seg_m, const int32_t* seg_prefix,
-                                            int s, int64_t ubeg, int64_t uend, int U, int rr,
+                                            int s, int64_t ubeg, int64_t uend, int rr,
                                             int g) {
     WsPiece p;
     const int p0 = seg_prefix[s], p1 = seg_prefix[s + 1];
@@ -1061,13 +1100,92 @@ __device__ __forceinline__ WsPiece ws_piece(const RunArgs& a, const int32_t* seg
     p.L = max(a.seq_lens[p.b], 0);
     p.mtile = seg_m[s] * a.R + rr;
     p.skip = p.mtile * 64 >= p.n * a.H;
-    const int ntiles = (p.L + kWsBN - 1) / kWsBN;
-    // units are counted in 64-key tiles by the plan (BN = 64): two 32-key tiles per unit
-    p.t0 = 2 * int((ubeg > p0 ? ubeg : int64_t(p0)) - p0);
-    p.t1 = min(2 * int((uend < p1 ? uend : int64_t(p1)) - p0), ntiles);
+    constexpr int BN = 64 / TPU;
+    const int ntiles = (p.L + BN - 1) / BN;
+    // units are counted in 64-key tiles by the plan (BN = 64): TPU tiles per unit
+    p.t0 = TPU * int((ubeg > p0 ? ubeg : int64_t(p0)) - p0);
+    p.t1 = min(TPU * int((uend < p1 ? uend : int64_t(p1)) - p0), ntiles);
     p.cut = p0 < ubeg || p1 > uend;
     p.slot = 2 * g + (ubeg >= p0 ? 0 : 1);
     return p;
+}
+
+// The key tiles a CTA's loaders walk, piece after piece (pieces without a tile for this CTA are
+// passed over): tile t of sequence b (L keys); t1 ends the piece of segment s; done past the last.
+struct KeyCursor {
+    int s = 0, t = 0, t1 = 0, b = 0, L = 0;
+    bool done = false;
+    // the first tile of the first piece with one, from segment s0 on
+    template <class Piece, class InRange>
+    __device__ __forceinline__ void seek(int s0, const Piece& piece, const InRange& in_range) {
+        for (; in_range(s0); ++s0) {
+            const WsPiece pc = piece(s0);
+            if (pc.skip || pc.t0 >= pc.t1) continue;
+            s = s0; t = pc.t0; t1 = pc.t1; b = pc.b; L = pc.L;
+            return;
+        }
+        done = true;
+    }
+    template <class Piece, class InRange>
+    __device__ __forceinline__ void advance(const Piece& piece, const InRange& in_range) {
+        if (++t >= t1) seek(s + 1, piece, in_range);
+    }
+};
+
+// Keys [0, lim) are visible to row r of the piece's head tile (causal within the sequence's new
+// tokens); 0 for a padding row past the sequence's n * H rows.
+__device__ __forceinline__ int ws_row_limit(const RunArgs& a, const WsPiece& pc, int r) {
+    const int R = pc.mtile * 64 + r;
+    return R < pc.n * a.H ? max(0, min(a.causal ? pc.L - pc.n + R / a.H + 1 : pc.L, pc.L)) : 0;
+}
+
+// Writes row r of a piece's 64-row head tile, columns 256 half .. 256 half + 255: O from the
+// accumulator fragments o[4 jj + 2 hf + {0, 1}] (hf: r is this thread's first or second row)
+// divided by the row sum l, to out, or for a cut piece to its workspace slot; with lse_out, the
+// row's log-sum-exp from its max m (log2 units). l = 0 (no key seen): zeros and lse +inf (a cut
+// piece's partial: -inf). LEAN: the row's q row found without a division (rows of a head tile are
+// contiguous in q).
+template <bool LEAN>
+__device__ __forceinline__ void ws_write_row(const RunArgs& a, const WsPiece& pc,
+                                             const float (&o)[128], int hf, int r, int half,
+                                             int lane, float l, float m, bool lse_out) {
+    constexpr int M = 64;
+    const int R = pc.mtile * M + r;
+    if (R >= pc.n * a.H) return;
+    int64_t qrow;
+    if constexpr (LEAN) {
+        qrow = int64_t(pc.qo0) * a.H + R;
+    } else {
+        const int j = R / a.H;
+        qrow = int64_t(pc.qo0 + j) * a.H + (R - j * a.H);
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int jj = 0; jj < 32; ++jj) {
+        const int col = half * 256 + jj * 8 + (lane & 3) * 2;
+        const float v0 = o[jj * 4 + hf * 2] * inv, v1 = o[jj * 4 + hf * 2 + 1] * inv;
+        if (pc.cut && a.ws_bf16) {
+            uint16_t* dst = reinterpret_cast<uint16_t*>(a.ws_o) +
+                            (int64_t(pc.slot) * M + r) * kDc + col;
+            *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(v0, v1);
+        } else if (pc.cut) {
+            float* dst = a.ws_o + (int64_t(pc.slot) * M + r) * kDc + col;
+            *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+        } else if (a.out_f32) {
+            float* dst = static_cast<float*>(a.out) + qrow * kDc + col;
+            *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+        } else {
+            uint16_t* dst = static_cast<uint16_t*>(a.out) + qrow * kDc + col;
+            *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(v0, v1);
+        }
+    }
+    if (lse_out && (lane & 3) == 0) {
+        if (pc.cut) {
+            a.ws_lse[int64_t(pc.slot) * M + r] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+        } else if (a.lse) {
+            a.lse[qrow] = l > 0.f ? (m + log2f(l)) * kLn2 : INFINITY;
+        }
+    }
 }
 
 
@@ -1120,22 +1238,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
     __syncthreads();
     pdl_wait_and_release();
 
-    const int g = blockIdx.x;
-    const int grp = g / a.R, rr = g - grp * a.R;
-    const int U = a.md[0], S = a.md[1];
-    if (U <= 0) return;
-    const int64_t ubeg = a.md[a.lay.bnd() + grp], uend = a.md[a.lay.bnd() + grp + 1];
-    if (ubeg >= uend) return;
-    const int32_t* seg_b = a.md + a.lay.seg_b();
-    const int32_t* seg_m = a.md + a.lay.seg_m();
-    const int32_t* seg_prefix = a.md + a.lay.seg_prefix();
-    int lo = 0, hi = S - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (seg_prefix[mid] <= ubeg) lo = mid; else hi = mid - 1;
-    }
+    CtaRange cr;
+    if (!cta_range(a, cr)) return;
+    const int g = cr.g, rr = cr.rr, S = cr.S, lo = cr.lo;
+    const int64_t ubeg = cr.ubeg, uend = cr.uend;
+    const int32_t *seg_b = cr.seg_b, *seg_m = cr.seg_m, *seg_prefix = cr.seg_prefix;
     const uint32_t sQa = smem_addr(sQ), sKa = smem_addr(sK), sPa = smem_addr(sP);
-    auto piece = [&](int s) { return ws_piece(a, seg_b, seg_m, seg_prefix, s, ubeg, uend, U, rr, g); };
+    auto piece = [&](int s) { return ws_piece(a, seg_b, seg_m, seg_prefix, s, ubeg, uend, rr, g); };
     auto in_range = [&](int s) { return s < S && seg_prefix[s] < uend; };
 
     if (wg == 0) {
@@ -1196,12 +1305,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
             cp_async_wait<0>();
             fence_proxy_async();
             asm volatile("bar.sync 1, 128;\n" ::: "memory");
-            int lim0 = 0, lim1 = 0;
-            {
-                const int R0 = pc.mtile * M + r0, R1 = pc.mtile * M + r1;
-                if (R0 < pc.n * a.H) lim0 = max(0, min(a.causal ? pc.L - pc.n + R0 / a.H + 1 : pc.L, pc.L));
-                if (R1 < pc.n * a.H) lim1 = max(0, min(a.causal ? pc.L - pc.n + R1 / a.H + 1 : pc.L, pc.L));
-            }
+            const int lim0 = ws_row_limit(a, pc, r0), lim1 = ws_row_limit(a, pc, r1);
             // keys below lim_min are visible to every row this warp holds in the tile
             const int lim_min = __reduce_min_sync(0xffffffffu, min(lim0, lim1));
             float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
@@ -1250,36 +1354,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                 for (int i = 0; i < 16; ++i) sc[i] += sc2[i];
                 __syncwarp();
                 mbar_arrive_if(empty_b(tau_i % NST), lane == 0);
-                float mx0 = -INFINITY, mx1 = -INFINITY;
-                if ((t + 1) * BN <= lim_min) {  // every key of the tile is visible to both rows
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) sc[j * 4 + e] *= a.scale_log2;
-                        mx0 = fmaxf(mx0, fmaxf(sc[j * 4 + 0], sc[j * 4 + 1]));
-                        mx1 = fmaxf(mx1, fmaxf(sc[j * 4 + 2], sc[j * 4 + 3]));
-                    }
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const int key = t * BN + j * 8 + (lane & 3) * 2 + (e & 1);
-                            float v = sc[j * 4 + e] * a.scale_log2;
-                            if (e < 2) {
-                                v = key < lim0 ? v : -INFINITY;
-                                mx0 = fmaxf(mx0, v);
-                            } else {
-                                v = key < lim1 ? v : -INFINITY;
-                                mx1 = fmaxf(mx1, v);
-                            }
-                            sc[j * 4 + e] = v;
-                        }
-                }
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+                for (int i = 0; i < 16; ++i) sc[i] *= a.scale_log2;
+                float mx0, mx1;
+                mask_row_max<4>(sc, t * BN, lim0, lim1, (t + 1) * BN <= lim_min, lane, mx0, mx1);
                 const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
                 // selects, not branches (see mbar_arrive_if)
                 const float mu0 = mn0 == -INFINITY ? 0.f : mn0;
@@ -1330,34 +1408,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
             auto s_finish_fx = [&](int t, int tau_i, float (&sc)[16]) {
                 __syncwarp();
                 mbar_arrive_if(empty_b(tau_i % NST), lane == 0);
-                float mx0 = -INFINITY, mx1 = -INFINITY;
-                if ((t + 1) * BN <= lim_min) {  // every key of the tile is visible to both rows
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        mx0 = fmaxf(mx0, fmaxf(sc[j * 4 + 0], sc[j * 4 + 1]));
-                        mx1 = fmaxf(mx1, fmaxf(sc[j * 4 + 2], sc[j * 4 + 3]));
-                    }
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const int key = t * BN + j * 8 + (lane & 3) * 2 + (e & 1);
-                            float v = sc[j * 4 + e];
-                            if (e < 2) {
-                                v = key < lim0 ? v : -INFINITY;
-                                mx0 = fmaxf(mx0, v);
-                            } else {
-                                v = key < lim1 ? v : -INFINITY;
-                                mx1 = fmaxf(mx1, v);
-                            }
-                            sc[j * 4 + e] = v;
-                        }
-                }
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+                float mx0, mx1;
+                mask_row_max<4>(sc, t * BN, lim0, lim1, (t + 1) * BN <= lim_min, lane, mx0, mx1);
                 const float sl = a.scale_log2;  // > 0: the max of raw scores gives the scaled max
                 const float mn0 = fmaxf(m0, mx0 * sl), mn1 = fmaxf(m1, mx1 * sl);
                 const float mu0 = mn0 == -INFINITY ? 0.f : mn0;
@@ -1427,36 +1479,26 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
     const int ltid = tid - 128;           // 0..255
     const int half = wg - 1;              // which 256 columns of O
     // loader cursor
-    int ls = lo, lt = 0, lt1 = 0, lb = 0, lL = 0;
-    bool ldone = false;
-    auto lnext_piece = [&](int s) {
-        for (; in_range(s); ++s) {
-            const WsPiece pc = piece(s);
-            if (pc.skip || pc.t0 >= pc.t1) continue;
-            ls = s; lt = pc.t0; lt1 = pc.t1; lb = pc.b; lL = pc.L;
-            return;
-        }
-        ldone = true;
-    };
-    lnext_piece(lo);
+    KeyCursor kc;
+    kc.seek(lo, piece, in_range);
     int n_issued = 0;
     const int my_key = ltid >> 3, my_c0 = ltid & 7;  // 8 threads per key row, 32 keys
     const int pmask = (1 << a.page_shift) - 1;
     // block id of the next tile this thread loads, read one tile ahead so that the block-table
     // latency is off the load issue path
     auto fetch_blk = [&]() -> int {
-        const int kpos = lt * BN + my_key;
-        return (!ldone && kpos < lL)
-                   ? __ldg(a.block_table + int64_t(lb) * a.bt_stride + (kpos >> a.page_shift))
+        const int kpos = kc.t * BN + my_key;
+        return (!kc.done && kpos < kc.L)
+                   ? __ldg(a.block_table + int64_t(kc.b) * a.bt_stride + (kpos >> a.page_shift))
                    : 0;
     };
     int next_blk = fetch_blk();
     auto issue_next = [&]() {
-        if (!ldone) {
+        if (!kc.done) {
             if (n_issued >= NST) mbar_wait(empty_b(n_issued % NST), ((n_issued / NST) - 1) & 1);
-            const int kpos = lt * BN + my_key;
+            const int kpos = kc.t * BN + my_key;
             const uint16_t* src = nullptr;
-            if (kpos < lL) src = a.cache + (int64_t(next_blk) * (pmask + 1) + (kpos & pmask)) * kD;
+            if (kpos < kc.L) src = a.cache + (int64_t(next_blk) * (pmask + 1) + (kpos & pmask)) * kD;
             const uint32_t dst = sKa + (n_issued % NST) * kWsStage + my_key * 128;
 #pragma unroll
             for (int i = 0; i < kChunks / 8; ++i) {
@@ -1465,7 +1507,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
                            src ? src + c * 8 : a.cache, src ? 16 : 0);
             }
             ++n_issued;
-            if (++lt >= lt1) lnext_piece(ls + 1);
+            kc.advance(piece, in_range);
             next_blk = fetch_blk();
         }
         cp_async_commit();
@@ -1531,46 +1573,471 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
         }
         // write this piece's rows (l = 0: no key seen -> out 0, lse +inf / -inf partial)
 #pragma unroll
+        for (int hf = 0; hf < 2; ++hf)
+            ws_write_row<LEAN>(a, pc, o, hf, hf ? r1 : r0, half, lane, hf ? fl1 : fl0,
+                               hf ? fm1 : fm0, half == 0);
+    }
+#endif
+}
+
+// ------------------------------------------------------------------------------------------
+// Seesaw decode kernel for sm_90a (MLA_CUDA_DECODE=seesaw, NOTES.md v15): 2 warpgroups, M = 64
+// rows, 64-key tiles, two key buffers, no producer warpgroup. Warpgroup w holds O[:, 256w ..
+// 256w + 256) and computes the scores of every other tile of a piece (w = 0 the even, w = 1 the
+// odd ones). Per pair of tiles (e, o), with m the running row max (log2 units):
+//   wg0  softmax(S_e) against m -> m_a, P_e; O0 *= 2^(m - m_a)            ->  SCALE0
+//        O0 += P_e V_e[:, 0:256] (P from registers)
+//   wg1  SCALE0 ->  softmax(S_o) against m_a -> m_b, P_o; O1 *= 2^(m - m_b) ->  SCALE1
+//        P_o -> sP1; O1 += P_o V_o[:, 256:512] (P from registers)
+//   wg0  SCALE1 ->  P_e 2^(m_a - m_b) -> sP0                                ->  P0
+//   wg1  P0 ->  O1 += sP0 V_e[:, 256:512]                                   ->  P1
+//   wg0  P1 ->  O0 *= 2^(m_a - m_b); O0 += sP1 V_o[:, 0:256]
+//   then each warpgroup computes the scores of its next tile (e + 2, o + 2).
+// One warpgroup's softmax runs while the other's wgmmas keep the tensor cores busy, with four
+// named-barrier hand-offs per 128 keys (decode_ws_kernel: four mbarrier round trips per 32).
+// A key tile is [9 column blocks][64 keys][128 B] (128-byte swizzle). Column blocks 0..3
+// ("part 0") are loaded by warpgroup 0 and blocks 4..8 ("part 1") by warpgroup 1, with cp.async
+// that arrive on the part's mbarrier when they land (cp.async.mbarrier.arrive.noinc). The
+// warpgroup that loads a part is always its last user (part 0 of an even tile: wg0's S and
+// P V; of an odd tile: wg1's S, then wg0's P V; part 1 the other way round), so tile n + 2 goes
+// into tile n's buffer right after that use, without another hand-off.
+// Shared memory: Q 64 x 576 (72 KB), two key buffers (144 KB), sP1 (8 KB), row max / scale /
+// sum exchange; 231,744 bytes with the alignment pad. sP0 takes column block 8 (the RoPE keys)
+// of the even tile's buffer: only that tile's scores read it, and warpgroup 1 reloads it (tile
+// e + 2) only after its P V has read sP0.
+// ------------------------------------------------------------------------------------------
+constexpr int kSsThreads = 256;
+constexpr size_t kSsTile = size_t(64) * kRowBytes;  // 73728: Q, or one 64-key tile
+constexpr size_t kSsSmem = 1024 + 3 * kSsTile + 8192 + 5 * 64 * 4 + 8 * 8;
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// named barriers (0 is __syncthreads)
+constexpr int kSsBarScale0 = 1, kSsBarScale1 = 2, kSsBarP0 = 3, kSsBarP1 = 4, kSsBarPiece = 5;
+// Named barrier of both warpgroups: the producer arrives (release), the consumer syncs
+// (acquire); each use is one arrive by one warpgroup and one sync by the other.
+__device__ __forceinline__ void ss_sync(int id) {
+    asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
+}
+__device__ __forceinline__ void ss_arrive(int id) {
+    asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
+}
+// Arrives on the mbarrier once every cp.async this thread issued so far has landed (counts as
+// one of the barrier's expected arrivals).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t addr) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
+}
+// S (64 x 64 keys) = Q K^T over column blocks B0 .. B1 - 1 of the key tile at kst. zero: the
+// first wgmma starts the accumulators.
+template <int B0, int B1>
+__device__ __forceinline__ void ss_scores(float (&s)[32], uint32_t sQa, uint32_t kst, bool zero) {
+    const uint64_t da0 = make_desc(sQa, 0, 1024), db0 = make_desc(kst, 0, 1024);
+#pragma unroll
+    for (int blk = B0; blk < B1; ++blk)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            const uint32_t off = (blk * 8192 + kk * 32) >> 4;
+            wgmma_m64n64k16(s, da0 + off, db0 + off, (zero && blk == B0 && kk == 0) ? 0 : 1);
+        }
+}
+// O (64 x 256) += P (registers, 64 x 64 keys) V, V = column blocks 4h .. 4h + 3 of the key tile
+__device__ __forceinline__ void ss_pv_reg(float (&o)[128], const uint32_t (&pf)[4][4],
+                                          uint32_t kst, int h) {
+    const uint64_t vb = make_desc(kst + h * 4 * 8192, 64 * 128, 1024);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_m64n256k16_ra_bt(o, pf[kk], vb + ((kk * 2048) >> 4), 1);
+}
+// O (64 x 256) += P (shared memory at sp, [64][64] bf16 swizzled) V
+__device__ __forceinline__ void ss_pv_smem(float (&o)[128], uint32_t sp, uint32_t kst, int h) {
+    const uint64_t pa = make_desc(sp, 0, 1024);
+    const uint64_t vb = make_desc(kst + h * 4 * 8192, 64 * 128, 1024);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+        wgmma_m64n256k16_bt(o, pa + ((kk * 32) >> 4), vb + ((kk * 2048) >> 4), 1);
+}
+// Rows r0 / r1 of O *= f0 / f1, skipped when every row of the warp keeps its scale.
+__device__ __forceinline__ void ss_rescale(float (&o)[128], float f0, float f1) {
+    if (__all_sync(0xffffffffu, f0 == 1.f && f1 == 1.f)) return;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+        o[j * 4 + 0] *= f0;
+        o[j * 4 + 1] *= f0;
+        o[j * 4 + 2] *= f1;
+        o[j * 4 + 3] *= f1;
+    }
+}
+// P (f32, accumulator layout) * c0 / c1 as bf16 into a [64][64] swizzled tile at p
+__device__ __forceinline__ void ss_store_p(uint8_t* p, const float (&s)[32], float c0, float c1,
+                                           int r0, int r1, int lane) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int col = j * 8 + (lane & 3) * 2, ch = col >> 3, wi = (col & 7) * 2;
+        *reinterpret_cast<uint32_t*>(p + r0 * 128 + ((ch ^ (r0 & 7)) << 4) + wi) =
+            pack_bf16x2(s[j * 4 + 0] * c0, s[j * 4 + 1] * c0);
+        *reinterpret_cast<uint32_t*>(p + r1 * 128 + ((ch ^ (r1 & 7)) << 4) + wi) =
+            pack_bf16x2(s[j * 4 + 2] * c1, s[j * 4 + 3] * c1);
+    }
+}
+// P (f32, accumulator layout) as the wgmma A fragments of the four 16-key steps
+__device__ __forceinline__ void ss_pack_p(uint32_t (&pf)[4][4], const float (&s)[32]) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        pf[kk][0] = pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);
+        pf[kk][1] = pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);
+        pf[kk][2] = pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
+        pf[kk][3] = pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
+#endif
+
+__global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int M = 64, BN = 64;
+    using T0 = std::integral_constant<int, 0>;
+    using T1 = std::integral_constant<int, 1>;
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
+    uint8_t* sQ = smem;
+    uint8_t* sK = sQ + kSsTile;       // two key buffers
+    uint8_t* sP1 = sK + 2 * kSsTile;  // P_o for warpgroup 0 (sP0: see above)
+    float* s_m = reinterpret_cast<float*>(sP1 + 8192);  // [64] running max after a softmax
+    float* s_sc0 = s_m + 64;                             // [64] 2^(m - m_a)
+    float* s_sc1 = s_sc0 + 64;                           // [64] 2^(m_a - m_b)
+    float* s_l = s_sc1 + 64;                             // [2][64] row sums per warpgroup
+    uint64_t* bars = reinterpret_cast<uint64_t*>(s_l + 128);
+    const uint32_t bar0 = smem_addr(bars);
+    const uint32_t qbar = bar0;  // Q landed (256 arrivals)
+    // part p of key buffer b landed (128 arrivals: the loading warpgroup)
+    auto kbar = [&](int b, int p) { return bar0 + 8 * (1 + 2 * b + p); };
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg = warp >> 2, wq = warp & 3, wt = tid & 127;
+    const int r0 = wq * 16 + (lane >> 2), r1 = r0 + 8;
+    if (tid == 0) {
+        mbar_init(qbar, 256);
+        for (int i = 0; i < 4; ++i) mbar_init(bar0 + 8 * (1 + i), 128);
+    }
+    __syncthreads();
+    pdl_wait_and_release();
+
+    CtaRange cr;
+    if (!cta_range(a, cr)) return;
+    const int g = cr.g, rr = cr.rr, S = cr.S, lo = cr.lo;
+    const int64_t ubeg = cr.ubeg, uend = cr.uend;
+    const int32_t *seg_b = cr.seg_b, *seg_m = cr.seg_m, *seg_prefix = cr.seg_prefix;
+    const uint32_t sQa = smem_addr(sQ), sKa = smem_addr(sK), sP1a = smem_addr(sP1);
+    auto piece = [&](int s) {
+        return ws_piece<1>(a, seg_b, seg_m, seg_prefix, s, ubeg, uend, rr, g);
+    };
+    auto in_range = [&](int s) { return s < S && seg_prefix[s] < uend; };
+    const float sl = a.scale_log2;  // > 0 (dispatch): the max of raw scores gives the scaled max
+
+    // ---- key loader: this warpgroup's part of each tile, tiles in the order they are used.
+    // 8 threads per key row (one 16-byte chunk of each 128-byte column block), 16 rows per pass.
+    const int lrow = wt >> 3, lch = wt & 7;
+    KeyCursor kc;
+    kc.seek(lo, piece, in_range);
+    const int pmask = (1 << a.page_shift) - 1;
+    int n_loaded = 0;
+    // block ids of the next tile's four rows of this thread, read one tile ahead
+    int nblk[4];
+    auto fetch_blk = [&]() {
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            const int kpos = kc.t * BN + lrow + 16 * p;
+            nblk[p] = (!kc.done && kpos < kc.L)
+                          ? __ldg(a.block_table + int64_t(kc.b) * a.bt_stride + (kpos >> a.page_shift))
+                          : 0;
+        }
+    };
+    fetch_blk();
+    // issues this warpgroup's part (PART = wg) of the next tile into buffer n_loaded & 1; keys
+    // past the sequence's end are written as zeros (their P is 0; V must not be NaN)
+    auto load_next = [&](auto part) {
+        constexpr int PART = decltype(part)::value;
+        constexpr int C0 = PART == 0 ? 0 : 4, C1 = PART == 0 ? 4 : 9;
+        if (kc.done) return;
+        const int buf = n_loaded & 1;
+        const uint32_t dst0 = sKa + buf * kSsTile + lrow * 128 + ((lch ^ (lrow & 7)) << 4);
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            const int kpos = kc.t * BN + lrow + 16 * p;
+            const bool ok = kpos < kc.L;
+            const uint16_t* src =
+                ok ? a.cache + (int64_t(nblk[p]) * (pmask + 1) + (kpos & pmask)) * kD + lch * 8
+                   : a.cache;
+#pragma unroll
+            for (int c = C0; c < C1; ++c)
+                cp_async16(dst0 + p * 16 * 128 + c * 8192, ok ? src + c * 64 : src, ok ? 16 : 0);
+        }
+        cp_async_mbar_arrive(kbar(buf, PART));
+        ++n_loaded;
+        kc.advance(piece, in_range);
+        fetch_blk();
+    };
+    // the first two tiles
+    if (wg == 0) {
+        load_next(T0{});
+        load_next(T0{});
+    } else {
+        load_next(T1{});
+        load_next(T1{});
+    }
+
+    float o[128];
+    float s[32];
+    uint32_t pf[4][4];
+    int n_base = 0, nq = 0;  // global index of the piece's first tile; Q loads so far
+    bool first = true;
+    for (int sg = lo; in_range(sg); ++sg) {
+        const WsPiece pc = piece(sg);
+        if (pc.skip) continue;
+        const int nt = max(pc.t1 - pc.t0, 0);
+        // every thread is done with the previous piece (Q, sP0 / sP1, s_l)
+        if (!first) ss_sync(kSsBarPiece);
+        first = false;
+#pragma unroll
+        for (int i = 0; i < 128; ++i) o[i] = 0.f;
+        float l0 = 0.f, l1 = 0.f;             // this thread's share of the row sums
+        float m0 = -INFINITY, m1 = -INFINITY;  // running max (warpgroup 0)
+        const int lim0 = ws_row_limit(a, pc, r0), lim1 = ws_row_limit(a, pc, r1);
+        // keys below lim_min are visible to every row this warp holds
+        const int lim_min = __reduce_min_sync(0xffffffffu, min(lim0, lim1));
+        // masks keys at or past each row's limit in tile t; row max of the raw scores
+        auto mask_max = [&](int t, float& mx0, float& mx1) {
+            mask_row_max<8>(s, t * BN, lim0, lim1, (t + 1) * BN <= lim_min, lane, mx0, mx1);
+        };
+        // s <- 2^(s sl - mu) (P), returns this thread's row sums
+        auto exp_rows = [&](float mu0, float mu1, float& sum0, float& sum1) {
+            sum0 = 0.f;
+            sum1 = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                s[j * 4 + 0] = ex2_fast(fmaf(s[j * 4 + 0], sl, -mu0));
+                s[j * 4 + 1] = ex2_fast(fmaf(s[j * 4 + 1], sl, -mu0));
+                s[j * 4 + 2] = ex2_fast(fmaf(s[j * 4 + 2], sl, -mu1));
+                s[j * 4 + 3] = ex2_fast(fmaf(s[j * 4 + 3], sl, -mu1));
+                sum0 += s[j * 4 + 0] + s[j * 4 + 1];
+                sum1 += s[j * 4 + 2] + s[j * 4 + 3];
+            }
+        };
+        // the scores of tile n (global index; buffer n & 1) into s: part 0's blocks first
+        // (WG0) or part 1's (WG1), each after its barrier
+        auto scores = [&](int n, auto part_first) {
+            constexpr int PF = decltype(part_first)::value;
+            const int b = n & 1, par = (n >> 1) & 1;
+            const uint32_t kst = sKa + b * kSsTile;
+            mbar_wait(kbar(b, PF), par);
+            fence_proxy_async();  // the cp.async writes, seen through the mbarrier
+            wgmma_fence();
+            if constexpr (PF == 0) ss_scores<0, 4>(s, sQa, kst, true);
+            else ss_scores<4, 9>(s, sQa, kst, true);
+            wgmma_commit();
+            mbar_wait(kbar(b, 1 - PF), par);
+            fence_proxy_async();
+            wgmma_fence();
+            if constexpr (PF == 0) ss_scores<4, 9>(s, sQa, kst, false);
+            else ss_scores<0, 4>(s, sQa, kst, false);
+            wgmma_commit();
+        };
+
+        if (nt > 0) {
+            // Q tile: four threads per row, chunk 4k + (tid & 3) (rows of a head tile are
+            // contiguous in q: row R is row qo0 * H + R)
+            {
+                const int r = tid >> 2, h = tid & 3, x = r & 7;
+                const int R = pc.mtile * M + r;
+                const bool ok = R < pc.n * a.H;
+                const uint16_t* src = static_cast<const uint16_t*>(a.q) +
+                                      (ok ? (int64_t(pc.qo0) * a.H + R) * kD : 0);
+                const uint32_t dst = sQa + r * 128;
+#pragma unroll
+                for (int k = 0; k < kChunks / 4; ++k) {
+                    const int c = 4 * k + h;  // c >> 3 = k >> 1, c & 7 = 4 (k & 1) + h
+                    cp_async16(dst + (k >> 1) * (M * 128) + (((4 * (k & 1) + h) ^ x) << 4),
+                               src + c * 8, ok ? 16 : 0);
+                }
+                cp_async_mbar_arrive(qbar);
+                mbar_wait(qbar, nq & 1);
+                ++nq;
+                fence_proxy_async();
+            }
+        }
+
+        if (wg == 0 && nt > 0) {
+            // ---------------- warpgroup 0: even tiles' scores, O[:, 0:256]
+            scores(n_base, T0{});
+            wgmma_wait0();
+            // one pair (tiles i, i + 1 of the piece); HAS_O: tile i + 1 exists, HAS_NEXT: i + 2
+            auto pair = [&](int i, auto has_o, auto has_next) {
+                constexpr bool HAS_O = decltype(has_o)::value;
+                constexpr bool HAS_NEXT = decltype(has_next)::value;
+                const int n_e = n_base + i, be = n_e & 1;
+                const uint32_t kse = sKa + be * kSsTile, kso = sKa + (be ^ 1) * kSsTile;
+                float mx0, mx1;
+                mask_max(pc.t0 + i, mx0, mx1);
+                const float mn0 = fmaxf(m0, mx0 * sl), mn1 = fmaxf(m1, mx1 * sl);
+                const float mu0 = mn0 == -INFINITY ? 0.f : mn0;
+                const float mu1 = mn1 == -INFINITY ? 0.f : mn1;
+                const float al0 = mn0 == -INFINITY ? 1.f : ex2_fast(m0 - mu0);
+                const float al1 = mn1 == -INFINITY ? 1.f : ex2_fast(m1 - mu1);
+                m0 = mn0;
+                m1 = mn1;
+                if ((lane & 3) == 0) {
+                    s_m[r0] = mn0;
+                    s_m[r1] = mn1;
+                    s_sc0[r0] = al0;
+                    s_sc0[r1] = al1;
+                }
+                ss_rescale(o, al0, al1);
+                float sum0, sum1;
+                exp_rows(mu0, mu1, sum0, sum1);
+                l0 = l0 * al0 + sum0;
+                l1 = l1 * al1 + sum1;
+                ss_pack_p(pf, s);
+                ss_arrive(kSsBarScale0);
+                wgmma_fence();
+                ss_pv_reg(o, pf, kse, 0);
+                wgmma_commit();
+                wgmma_wait0();
+                load_next(T0{});  // part 0 of tile n_e + 2 into buffer be (its last use is done)
+                ss_sync(kSsBarScale1);
+                float c0 = 1.f, c1 = 1.f;
+                if constexpr (HAS_O) {
+                    c0 = s_sc1[r0];
+                    c1 = s_sc1[r1];
+                    m0 = s_m[r0];
+                    m1 = s_m[r1];
+                }
+                // sP0: column block 8 of tile e's buffer (its scores are done)
+                ss_store_p(sK + be * kSsTile + 8 * 8192, s, c0, c1, r0, r1, lane);
+                fence_proxy_async();  // sP0 is read by warpgroup 1's wgmma
+                ss_arrive(kSsBarP0);
+                if constexpr (HAS_O) {
+                    ss_sync(kSsBarP1);
+                    // sP1, and tile o's part 0 (this warpgroup's cp.async; warpgroup 1 saw them
+                    // land): async-proxy reads after the hand-off
+                    fence_proxy_async();
+                    ss_rescale(o, c0, c1);
+                    l0 *= c0;
+                    l1 *= c1;
+                    wgmma_fence();
+                    ss_pv_smem(o, sP1a, kso, 0);
+                    wgmma_commit();
+                }
+                if constexpr (HAS_NEXT) {
+                    // scores of tile n_e + 2 (buffer be): part 0 under the P V above
+                    mbar_wait(kbar(be, 0), ((n_e + 2) >> 1) & 1);
+                    fence_proxy_async();
+                    wgmma_fence();
+                    ss_scores<0, 4>(s, sQa, kse, true);
+                    wgmma_commit();
+                }
+                if constexpr (HAS_O) {
+                    if constexpr (HAS_NEXT) wgmma_wait1(); else wgmma_wait0();
+                    load_next(T0{});  // part 0 of tile n_e + 3 into buffer be ^ 1
+                }
+                if constexpr (HAS_NEXT) {
+                    mbar_wait(kbar(be, 1), ((n_e + 2) >> 1) & 1);
+                    fence_proxy_async();
+                    wgmma_fence();
+                    ss_scores<4, 9>(s, sQa, kse, false);
+                    wgmma_commit();
+                }
+                wgmma_wait0();
+            };
+            int i = 0;
+            for (; i + 2 < nt; i += 2) pair(i, std::true_type{}, std::true_type{});
+            if (i + 1 < nt) pair(i, std::true_type{}, std::false_type{});
+            else pair(i, std::false_type{}, std::false_type{});
+        } else if (nt > 0) {
+            // ---------------- warpgroup 1: odd tiles' scores, O[:, 256:512]
+            if (nt > 1) {
+                scores(n_base + 1, T1{});
+                wgmma_wait0();
+            }
+            // HAS_O: tile i + 1 exists, HAS_NEXT: tile i + 3 exists
+            auto pair = [&](int i, auto has_o, auto has_next) {
+                constexpr bool HAS_O = decltype(has_o)::value;
+                constexpr bool HAS_NEXT = decltype(has_next)::value;
+                const int n_e = n_base + i, be = n_e & 1;
+                const uint32_t kse = sKa + be * kSsTile, kso = sKa + (be ^ 1) * kSsTile;
+                ss_sync(kSsBarScale0);
+                const float a0 = s_sc0[r0], a1 = s_sc0[r1];
+                if constexpr (HAS_O) {
+                    float mx0, mx1;
+                    mask_max(pc.t0 + i + 1, mx0, mx1);
+                    const float ma0 = s_m[r0], ma1 = s_m[r1];
+                    const float mn0 = fmaxf(ma0, mx0 * sl), mn1 = fmaxf(ma1, mx1 * sl);
+                    const float mu0 = mn0 == -INFINITY ? 0.f : mn0;
+                    const float mu1 = mn1 == -INFINITY ? 0.f : mn1;
+                    const float c0 = mn0 == -INFINITY ? 1.f : ex2_fast(ma0 - mu0);
+                    const float c1 = mn1 == -INFINITY ? 1.f : ex2_fast(ma1 - mu1);
+                    __syncwarp();  // every lane has read s_m before it changes
+                    if ((lane & 3) == 0) {
+                        s_m[r0] = mn0;
+                        s_m[r1] = mn1;
+                        s_sc1[r0] = c0;
+                        s_sc1[r1] = c1;
+                    }
+                    ss_arrive(kSsBarScale1);
+                    ss_rescale(o, a0 * c0, a1 * c1);
+                    float sum0, sum1;
+                    exp_rows(mu0, mu1, sum0, sum1);
+                    l0 = l0 * (a0 * c0) + sum0;
+                    l1 = l1 * (a1 * c1) + sum1;
+                    ss_pack_p(pf, s);
+                    ss_store_p(sP1, s, 1.f, 1.f, r0, r1, lane);
+                    fence_proxy_async();  // sP1 is read by warpgroup 0's wgmma
+                    wgmma_fence();
+                    ss_pv_reg(o, pf, kso, 1);
+                    wgmma_commit();
+                } else {
+                    ss_arrive(kSsBarScale1);
+                    ss_rescale(o, a0, a1);
+                    l0 *= a0;
+                    l1 *= a1;
+                }
+                ss_sync(kSsBarP0);
+                fence_proxy_async();  // sP0, and tile e's part 1 (landed as seen by warpgroup 0)
+                wgmma_fence();
+                ss_pv_smem(o, kse + 8 * 8192, kse, 1);  // sP0 in tile e's column block 8
+                wgmma_commit();
+                if constexpr (HAS_O) ss_arrive(kSsBarP1);
+                wgmma_wait0();
+                load_next(T1{});                     // part 1 of tile n_e + 2 into buffer be
+                if constexpr (HAS_O) load_next(T1{});  // part 1 of tile n_e + 3 into be ^ 1
+                if constexpr (HAS_NEXT) {
+                    scores(n_e + 3, T1{});
+                    wgmma_wait0();
+                }
+            };
+            int i = 0;
+            for (; i + 3 < nt; i += 2) pair(i, std::true_type{}, std::true_type{});
+            if (i + 1 < nt) {
+                pair(i, std::true_type{}, std::false_type{});
+                i += 2;
+            }
+            if (i < nt) pair(i, std::false_type{}, std::false_type{});
+        }
+        n_base += nt;
+
+        // ---- write this piece's rows (l = 0: no key seen -> out 0, lse +inf / -inf partial)
+        {
+            float ls0 = l0 + __shfl_xor_sync(0xffffffffu, l0, 1);
+            ls0 += __shfl_xor_sync(0xffffffffu, ls0, 2);
+            float ls1 = l1 + __shfl_xor_sync(0xffffffffu, l1, 1);
+            ls1 += __shfl_xor_sync(0xffffffffu, ls1, 2);
+            if ((lane & 3) == 0) {
+                s_l[wg * 64 + r0] = ls0;
+                s_l[wg * 64 + r1] = ls1;
+            }
+        }
+        ss_sync(kSsBarPiece);
+#pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
             const int r = hf ? r1 : r0;
-            const int R = pc.mtile * M + r;
-            if (R >= pc.n * a.H) continue;
-            int64_t qrow;
-            if constexpr (LEAN) {
-                qrow = int64_t(pc.qo0) * a.H + R;
-            } else {
-                const int j = R / a.H;
-                qrow = int64_t(pc.qo0 + j) * a.H + (R - j * a.H);
-            }
-            const float l = hf ? fl1 : fl0;
-            const float inv = l > 0.f ? 1.f / l : 0.f;
-#pragma unroll
-            for (int jj = 0; jj < 32; ++jj) {
-                const int col = half * 256 + jj * 8 + (lane & 3) * 2;
-                const float v0 = o[jj * 4 + hf * 2] * inv, v1 = o[jj * 4 + hf * 2 + 1] * inv;
-                if (pc.cut && a.ws_bf16) {
-                    uint16_t* dst = reinterpret_cast<uint16_t*>(a.ws_o) +
-                                    (int64_t(pc.slot) * M + r) * kDc + col;
-                    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(v0, v1);
-                } else if (pc.cut) {
-                    float* dst = a.ws_o + (int64_t(pc.slot) * M + r) * kDc + col;
-                    *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
-                } else if (a.out_f32) {
-                    float* dst = static_cast<float*>(a.out) + qrow * kDc + col;
-                    *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
-                } else {
-                    uint16_t* dst = static_cast<uint16_t*>(a.out) + qrow * kDc + col;
-                    *reinterpret_cast<uint32_t*>(dst) = pack_bf16x2(v0, v1);
-                }
-            }
-            if (half == 0 && (lane & 3) == 0) {
-                const float m = hf ? fm1 : fm0;
-                if (pc.cut) {
-                    a.ws_lse[int64_t(pc.slot) * M + r] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
-                } else if (a.lse) {
-                    a.lse[qrow] = l > 0.f ? (m + log2f(l)) * kLn2 : INFINITY;
-                }
-            }
+            ws_write_row<true>(a, pc, o, hf, r, wg, lane, s_l[r] + s_l[64 + r], hf ? m1 : m0,
+                               wg == 0);
         }
     }
 #endif
@@ -1903,6 +2370,16 @@ void attention_init(DeviceInfo& dev, bool allow_wgmma) {
                 const char* pd = std::getenv("MLA_CUDA_PDL");
                 dev.pdl = pd && pd[0] == '1';
             }
+            // MLA_CUDA_DECODE=seesaw: the two-warpgroup seesaw kernel (decode_ss_kernel) for
+            // bf16 queries and a positive scale; not the default until it is measured faster
+            const char* dk = std::getenv("MLA_CUDA_DECODE");
+            if (dk && std::string(dk) == "seesaw" && kSsSmem <= dev.smem_optin) {
+                check(cudaFuncSetAttribute(decode_ss_kernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           int(kSsSmem)),
+                      "cudaFuncSetAttribute(seesaw decode kernel)");
+                dev.ss = true;
+            }
         }
     }
     // Raise the shared-memory limit of every instantiation that fits this device.
@@ -1936,6 +2413,8 @@ const char* attention_path(const DeviceInfo& dev, const AttentionParams& p) {
     if (!fast_path(dev, p)) return "generic";
     const int M = rows_per_tile(p.num_heads), BN = pick_bn(dev, M);
     const bool pos = p.scale > 0.f;  // see attention_run
+    if (use_wgmma(dev, M) && dev.ss && pos && p.q_dtype == DType::BF16)
+        return "wgmma-seesaw-bf16 M=64 BN=64";
     if (use_wgmma(dev, M) && dev.ws && dev.ws_fx && pos)
         return dev.ws_lean ? "wgmma-ws-bf16 M=64 BN=32 Qreg=20 fastsoftmax"
                            : "wgmma-ws-bf16 M=64 BN=32 Qreg=20 fastsoftmax v12-Qcopy";
@@ -2063,7 +2542,8 @@ void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* 
     a.ws_lse = a.ws_o + size_t(2) * s.G * s.M * kDc;
     // the warp-specialized kernel keeps partials in bf16 when the output is bf16 (the final
     // rounding dominates; half the partial traffic)
-    a.ws_bf16 = (!a.out_f32 && use_wgmma(dev, s.M) && dev.ws) ? 1 : 0;
+    const bool seesaw = use_wgmma(dev, s.M) && dev.ss && !a.q_f32 && p.scale > 0.f;
+    a.ws_bf16 = (!a.out_f32 && use_wgmma(dev, s.M) && (dev.ws || seesaw)) ? 1 : 0;
     a.H = p.num_heads;
     a.causal = p.causal;
     a.M = s.M;
@@ -2075,7 +2555,10 @@ void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* 
     const size_t smem = mma_smem_bytes(s.M, s.BN);
     // the cheaper softmaxes take the max over unscaled scores: only for a positive scale
     const int ws_fx = a.scale_log2 > 0.f ? dev.ws_fx : 0;
-    if (use_wgmma(dev, s.M) && dev.ws) {
+    if (seesaw) {
+        launch_run_kernel(decode_ss_kernel, dim3(unsigned(a.G)), kSsThreads, kSsSmem, stream, a,
+                          dev.pdl);
+    } else if (use_wgmma(dev, s.M) && dev.ws) {
         if (ws_fx && dev.ws_lean)
             launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1, true>, dim3(unsigned(a.G)),
                               kWsThreads, kWsSmem, stream, a, dev.pdl);
@@ -2096,9 +2579,9 @@ void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* 
         default: launch_mt<4>(s.BN, a, smem, stream); break;
     }
     check_launch("decode attention kernel");
-    // with PDL only after the warp-specialized kernels (they release it early)
+    // with PDL only after the warp-specialized and seesaw kernels (they release it early)
     launch_run_kernel(combine_kernel, dim3(unsigned(s.NG), unsigned(s.R * ((s.M + 7) / 8))), 256,
-                      0, stream, a, dev.pdl && use_wgmma(dev, s.M) && dev.ws);
+                      0, stream, a, dev.pdl && use_wgmma(dev, s.M) && (dev.ws || seesaw));
     check_launch("attention combine kernel");
 }
 

@@ -23,6 +23,7 @@ struct DeviceInfo {
     int ws_fx = 0;           // ... cheaper softmax (1, the default; MLA_CUDA_WS_FX=0: off)
     bool ws_lean = false;    // ... division-free Q copy and output rows (default; MLA_CUDA_WS_LEAN=0: off)
     bool pdl = false;        // programmatic dependent launch of the sm_90a kernel + combine
+    bool ss = false;         // seesaw sm_90a kernel for 64-row tiles (MLA_CUDA_DECODE=seesaw)
     float cut_penalty = 8.f; // plan: cost of a cut piece in 64-key units (MLA_CUDA_CUT_PENALTY;
                              // <= 0: equal ranges)
 };
