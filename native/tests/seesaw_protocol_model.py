@@ -15,8 +15,12 @@ buffer: column blocks 0-3, 4-7 and 8, the last also holding sP0). The model fail
   - a named barrier is arrived at again before its previous instance was consumed (with 256
     threads per barrier, two arrivals of one warpgroup would complete it on their own),
   - a warpgroup reads a row max or scale of another pair.
+A second check runs the kernel's online-softmax bookkeeping (the running max, the two scales the
+warpgroups exchange per pair, each one's half of O and share of the row sums, lse) in exact
+arithmetic against the direct softmax, for random tiles, lengths, masks and scales.
 The kernel itself runs on the GPU (scripts/gpu-seesaw.sh); this checks the protocol it follows
 for every piece layout, on any machine. Exit status 0: every run passed."""
+import math
 import random
 import sys
 
@@ -222,6 +226,133 @@ def run(pieces, seed):
         raise Hazard("a key load was issued and never used")
 
 
+def seesaw_rows(S, V, lims, sl, BN, D):
+    """The seesaw kernel's online-softmax bookkeeping for one head tile, in exact arithmetic (no
+    bf16 rounding of P): warpgroup 0's running max and the scales 2^(m - m_a), 2^(m_a - m_b) it
+    exchanges with warpgroup 1, each warpgroup's half of O and share of the row sums, the final
+    division and lse. S[r][k]: raw scores, V[k][d]: values, lims[r]: keys visible to row r,
+    sl: scale * log2(e), BN keys per tile, D value width (split in two halves).
+    Returns, per row, (out, lse) as the kernel computes them."""
+    R, L = len(S), len(V)
+    h = D // 2
+    nt = (L + BN - 1) // BN
+    ninf = -math.inf
+    m = [ninf] * R            # warpgroup 0's running max
+    s_m = [None] * R
+    O0 = [[0.0] * h for _ in range(R)]
+    O1 = [[0.0] * (D - h) for _ in range(R)]
+    l0 = [0.0] * R
+    l1 = [0.0] * R
+    def tile(t, r):
+        return [(S[r][k] if k < lims[r] else ninf) if k < L else ninf
+                for k in range(t * BN, (t + 1) * BN)]
+    def vrow(k, lo, hi):
+        return V[k][lo:hi] if k < L else [0.0] * (hi - lo)
+    for i in range(0, nt, 2):
+        te, to = i, i + 1
+        has_o = to < nt
+        sc0, Pe = [0.0] * R, []
+        for r in range(R):                      # warpgroup 0: softmax of tile e
+            s = tile(te, r)
+            mx = max(s)
+            mn = max(m[r], mx * sl)
+            mu = 0.0 if mn == ninf else mn
+            al = 1.0 if mn == ninf else 2.0 ** (m[r] - mu)
+            m[r] = mn
+            s_m[r] = mn
+            sc0[r] = al
+            O0[r] = [x * al for x in O0[r]]
+            p = [2.0 ** (x * sl - mu) if x != ninf else 0.0 for x in s]
+            l0[r] = l0[r] * al + sum(p)
+            for j, pj in enumerate(p):
+                for d, v in enumerate(vrow(te * BN + j, 0, h)):
+                    O0[r][d] += pj * v
+            Pe.append(p)
+        sc1, Po = [1.0] * R, []
+        for r in range(R):                      # warpgroup 1: softmax of tile o
+            a0 = sc0[r]
+            if has_o:
+                s = tile(to, r)
+                mx = max(s)
+                ma = s_m[r]
+                mn = max(ma, mx * sl)
+                mu = 0.0 if mn == ninf else mn
+                c = 1.0 if mn == ninf else 2.0 ** (ma - mu)
+                s_m[r] = mn
+                sc1[r] = c
+                O1[r] = [x * a0 * c for x in O1[r]]
+                p = [2.0 ** (x * sl - mu) if x != ninf else 0.0 for x in s]
+                l1[r] = l1[r] * (a0 * c) + sum(p)
+                for j, pj in enumerate(p):
+                    for d, v in enumerate(vrow(to * BN + j, h, D)):
+                        O1[r][d] += pj * v
+                Po.append(p)
+            else:
+                O1[r] = [x * a0 for x in O1[r]]
+                l1[r] *= a0
+        for r in range(R):                      # warpgroup 0: sP0 = P_e * c
+            c = sc1[r] if has_o else 1.0
+            if has_o:
+                m[r] = s_m[r]
+            p0 = [x * c for x in Pe[r]]
+            for j, pj in enumerate(p0):         # warpgroup 1: O1 += sP0 V_e[:, h:]
+                for d, v in enumerate(vrow(te * BN + j, h, D)):
+                    O1[r][d] += pj * v
+            if has_o:                           # warpgroup 0: O0 *= c; O0 += sP1 V_o[:, :h]
+                O0[r] = [x * c for x in O0[r]]
+                l0[r] *= c
+                for j, pj in enumerate(Po[r]):
+                    for d, v in enumerate(vrow(to * BN + j, 0, h)):
+                        O0[r][d] += pj * v
+    res = []
+    for r in range(R):
+        l = l0[r] + l1[r]
+        inv = 1.0 / l if l > 0 else 0.0
+        out = [x * inv for x in O0[r] + O1[r]]
+        lse = (m[r] + math.log2(l)) * math.log(2) if l > 0 else math.inf
+        res.append((out, lse))
+    return res
+
+def reference(S, V, lims, scale, D):
+    """Softmax(S * scale) V and its log-sum-exp per row, directly (lse +inf for a row with no key)."""
+    res = []
+    for r in range(len(S)):
+        ks = [k for k in range(len(V)) if k < lims[r]]
+        if not ks:
+            res.append(([0.0] * D, math.inf)); continue
+        mx = max(S[r][k] * scale for k in ks)
+        w = {k: math.exp(S[r][k] * scale - mx) for k in ks}
+        z = sum(w.values())
+        out = [sum(w[k] * V[k][d] for k in ks) / z for d in range(D)]
+        res.append((out, mx + math.log(z)))
+    return res
+
+def check_numerics(trials=300):
+    """seesaw_rows against the direct softmax for random tiles, lengths, masks and scales."""
+    rng = random.Random(7)
+    worst = 0.0
+    for trial in range(trials):
+        R, BN, D = rng.randint(1, 5), rng.choice([1, 2, 4]), rng.choice([2, 4, 6])
+        L = rng.randint(0, 9 * BN)
+        scale = rng.choice([0.05, 0.3, 1.0, 4.0])
+        S = [[rng.gauss(0, 3) for _ in range(L)] for _ in range(R)]
+        V = [[rng.gauss(0, 1) for _ in range(D)] for _ in range(L)]
+        lims = [rng.choice([L, L, rng.randint(0, L)]) for _ in range(R)]
+        got = seesaw_rows(S, V, lims, scale / math.log(2), BN, D)
+        ref = reference(S, V, lims, scale, D)
+        for r, ((go, gl), (ro, rl)) in enumerate(zip(got, ref)):
+            if math.isinf(rl):
+                if not (math.isinf(gl) and gl > 0 and all(x == 0 for x in go)):
+                    return f"trial {trial} row {r}: no visible key, got lse {gl}"
+                continue
+            err = max([abs(a - b) for a, b in zip(go, ro)] + [abs(gl - rl)])
+            worst = max(worst, err)
+            if err > 1e-9:
+                return f"trial {trial} row {r}: error {err:.3e}"
+    print(f"seesaw softmax bookkeeping: {trials} random tiles, max error {worst:.1e}")
+    return None
+
+
 def main():
     seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     layouts = [[1], [2], [3], [4], [5], [8], [1, 1], [3, 0, 2], [0, 1], [2, 3, 1, 4],
@@ -239,6 +370,10 @@ def main():
                 return 1
             runs += 1
     print(f"seesaw protocol: {runs} interleavings of {len(layouts)} piece layouts, no hazard")
+    bad = check_numerics()
+    if bad:
+        print("FAIL numerics: " + bad)
+        return 1
     return 0
 
 
