@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA Hopper GPU: checks and measures the seesaw decode kernel
-# (MLA_CUDA_DECODE=seesaw, native/bench/cuda/NOTES.md v15) against the default kernel, in one
-# call: build (scripts/gpu-build.sh), test_cuda_backend with the seesaw kernel, the small cases
-# under compute-sanitizer racecheck / synccheck / memcheck, then (only if those passed) the
-# PyTorch baseline and bench_decode with the default and the seesaw kernel, alternating, two runs
-# each. Every GPU step runs under a timeout (a broken hand-off hangs rather than fails). Logs and
-# CSVs in $OUT (or ./gpu-out); the last lines are a per-shape table: default ms, seesaw ms,
-# seesaw / default. MLA_SS_ONLY=SHAPE[,SHAPE...] limits the benchmark to those decode rows.
+# (MLA_CUDA_DECODE=seesaw, native/bench/cuda/NOTES.md v15) and its EARLY load order
+# (MLA_CUDA_SS_EARLY=1) against the default kernel. Usage: scripts/gpu-seesaw.sh [test|bench|all]
+#   test   build (scripts/gpu-build.sh), test_cuda_backend with each seesaw variant, and the small
+#          cases under compute-sanitizer racecheck / synccheck / memcheck
+#   bench  the PyTorch baseline, then bench_decode (decode rows) with the default kernel, seesaw
+#          and seesaw EARLY, alternating, two runs each; a per-shape table of the three
+#   all    (default) test, then bench if the tests passed
+# Every GPU step runs under a timeout (a broken hand-off hangs rather than fails). Logs and CSVs
+# in $OUT (or ./gpu-out). MLA_SS_ONLY=SHAPE[,SHAPE...] limits the benchmark to those rows.
 # Exit status: non-zero if a test, a sanitizer run or a benchmark run failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+phase=${1:-all}
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 dir=${MLA_GPU_BUILD:-build-gpu}
@@ -19,38 +22,53 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv \
   > "$out/gpu.txt" 2>&1 || true
 status=0
-echo "== test_cuda_backend (MLA_CUDA_DECODE=seesaw)"
-MLA_CUDA_DECODE=seesaw timeout 300 "$dir/tests_cuda/test_cuda_backend" > "$out/ss-test.log" 2>&1 \
-  || { echo "test_cuda_backend failed or timed out (rc $?)"; status=1; }
-grep -E "FAIL|checks,|seesaw" "$out/ss-test.log" | tail -n 20
-if [ $status = 0 ]; then
-  for tool in racecheck synccheck memcheck; do
-    echo "== compute-sanitizer $tool (seesaw, MLA_TEST_SMALL=1)"
-    MLA_CUDA_DECODE=seesaw MLA_TEST_SMALL=1 timeout 300 compute-sanitizer --tool "$tool" \
-      --error-exitcode 9 "$dir/tests_cuda/test_cuda_backend" > "$out/ss-sanitizer-$tool.log" 2>&1 \
-      || { echo "$tool failed or timed out"; status=1; }
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|checks,|FAIL" "$out/ss-sanitizer-$tool.log" | tail -5
-  done
-fi
-[ $status = 0 ] || exit $status
+variants=("MLA_CUDA_DECODE=seesaw" "MLA_CUDA_DECODE=seesaw MLA_CUDA_SS_EARLY=1")
 
-only=()
-[ -n "${MLA_SS_ONLY:-}" ] && only=(--only "$MLA_SS_ONLY")
-PYTHONUNBUFFERED=1 timeout 240 python3 native/bench/cuda/torch_baseline.py "$out/torch.csv" \
-  > "$out/torch.log" 2>&1 || echo "torch baseline failed (see torch.log)"
-torch=()
-[ -s "$out/torch.csv" ] && torch=(--torch "$out/torch.csv")
-for run in 1 2; do
-  for k in default seesaw; do
-    echo "== bench_decode $k, run $run"
-    env_k=()
-    [ $k = seesaw ] && env_k=(MLA_CUDA_DECODE=seesaw)
-    env "${env_k[@]}" timeout 300 "$dir/bench_decode" --no-layer "${torch[@]}" "${only[@]}" \
-      --csv "$out/ss-bench-$k-$run.csv" > "$out/ss-bench-$k-$run.log" 2>&1 \
-      || { echo "bench_decode $k failed or timed out"; status=1; }
+if [ "$phase" = test ] || [ "$phase" = all ]; then
+  for i in 0 1; do
+    v=${variants[$i]}
+    echo "== test_cuda_backend ($v)"
+    env $v timeout 300 "$dir/tests_cuda/test_cuda_backend" > "$out/ss-test-$i.log" 2>&1 \
+      || { echo "test_cuda_backend failed or timed out (rc $?)"; status=1; }
+    grep -E "FAIL|checks," "$out/ss-test-$i.log" | tail -n 20
   done
-done
-python3 - "$out" <<'PY'
+  if [ $status = 0 ]; then
+    for i in 0 1; do
+      v=${variants[$i]}
+      for tool in racecheck synccheck memcheck; do
+        echo "== compute-sanitizer $tool ($v, MLA_TEST_SMALL=1)"
+        env $v MLA_TEST_SMALL=1 timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+          "$dir/tests_cuda/test_cuda_backend" > "$out/ss-sanitizer-$tool-$i.log" 2>&1 \
+          || { echo "$tool failed or timed out"; status=1; }
+        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|checks,|FAIL" "$out/ss-sanitizer-$tool-$i.log" \
+          | tail -5
+      done
+    done
+  fi
+  [ $status = 0 ] || exit $status
+fi
+
+if [ "$phase" = bench ] || [ "$phase" = all ]; then
+  only=()
+  [ -n "${MLA_SS_ONLY:-}" ] && only=(--only "$MLA_SS_ONLY")
+  PYTHONUNBUFFERED=1 timeout 240 python3 native/bench/cuda/torch_baseline.py "$out/torch.csv" \
+    > "$out/torch.log" 2>&1 || echo "torch baseline failed (see torch.log)"
+  torch=()
+  [ -s "$out/torch.csv" ] && torch=(--torch "$out/torch.csv")
+  for run in 1 2; do
+    for k in default seesaw early; do
+      case $k in
+        default) v="" ;;
+        seesaw) v=${variants[0]} ;;
+        early) v=${variants[1]} ;;
+      esac
+      echo "== bench_decode $k, run $run"
+      env $v timeout 240 "$dir/bench_decode" --no-layer "${torch[@]}" "${only[@]}" \
+        --csv "$out/ss-bench-$k-$run.csv" > "$out/ss-bench-$k-$run.log" 2>&1 \
+        || { echo "bench_decode $k failed or timed out"; status=1; }
+    done
+  done
+  python3 - "$out" <<'PY'
 import csv, sys, os
 out = sys.argv[1]
 def load(name):
@@ -59,18 +77,22 @@ def load(name):
         return {}
     with open(p) as f:
         return {r["shape"]: r for r in csv.DictReader(f)}
-d = [load(f"ss-bench-default-{i}.csv") for i in (1, 2)]
-s = [load(f"ss-bench-seesaw-{i}.csv") for i in (1, 2)]
-print(f"{'shape':22} {'default ms':>17} {'seesaw ms':>17} {'ss/def':>7} {'x FlashMLA':>10} {'x torch':>8}  path")
-for shape in d[0]:
-    if not all(shape in t for t in d + s):
+runs = {k: [load(f"ss-bench-{k}-{i}.csv") for i in (1, 2)] for k in ("default", "seesaw", "early")}
+print("ms: both runs of each kernel; ratios: the better run of each against the better default run")
+print(f"{'shape':22} {'default':>15} {'seesaw':>15} {'early':>15} {'ss/def':>7} {'ea/def':>7} "
+      f"{'x FlashMLA':>10} {'x torch':>8}")
+for shape in runs["default"][0]:
+    if not all(shape in t for ts in runs.values() for t in ts):
         continue
-    dm = [float(t[shape]["ms"]) for t in d]
-    sm = [float(t[shape]["ms"]) for t in s]
-    fm = float(s[0][shape]["flashmla_ms"])
-    tm = float(s[0][shape]["torch_ms"])
-    best = min(sm)
-    print(f"{shape:22} {dm[0]:8.4f} {dm[1]:8.4f} {sm[0]:8.4f} {sm[1]:8.4f} {min(sm) / min(dm):7.3f} "
-          f"{(fm / best if fm > 0 else 0):10.2f} {(tm / best if tm > 0 else 0):8.2f}  {s[0][shape]['path']}")
+    ms = {k: [float(t[shape]["ms"]) for t in ts] for k, ts in runs.items()}
+    best = {k: min(v) for k, v in ms.items()}
+    fastest = min(best.values())
+    row = runs["seesaw"][0][shape]
+    fm, tm = float(row["flashmla_ms"]), float(row["torch_ms"])
+    cells = " ".join(f"{v[0]:7.4f} {v[1]:7.4f}" for v in ms.values())
+    print(f"{shape:22} {cells} {best['seesaw'] / best['default']:7.3f} "
+          f"{best['early'] / best['default']:7.3f} {(fm / fastest if fm > 0 else 0):10.2f} "
+          f"{(tm / fastest if tm > 0 else 0):8.2f}")
 PY
+fi
 exit $status

@@ -29,8 +29,9 @@ class Hazard(Exception):
     pass
 
 
-def run(pieces, seed):
-    """pieces: 64-key tiles per piece of one CTA (0 = a piece with no keys)."""
+def run(pieces, seed, early=False):
+    """pieces: 64-key tiles per piece of one CTA (0 = a piece with no keys); early: the kernel's
+    EARLY variant (warpgroup 1 loads tile o + 2 before tile e + 2)."""
     rng = random.Random(seed)
     tag = {}              # region -> what it holds
     reading = {}          # region -> open asynchronous reads
@@ -57,14 +58,16 @@ def run(pieces, seed):
     def warpgroup(w):
         n_loaded = 0
 
-        def load_next():  # this warpgroup's part of the next tile, into buffer n & 1
-            nonlocal n_loaded
-            if n_loaded >= ntiles:
-                return
-            n = n_loaded
+        def load(n):  # this warpgroup's part of tile n, into buffer n & 1
             b = n & 1
             regions = [(b, 'A')] if w == 0 else [(b, 'B'), (b, 'R')]
             loads.append((b, w, [start_write(r, ('K', n)) for r in regions]))
+
+        def load_next():  # ... of the next tile in load order
+            nonlocal n_loaded
+            if n_loaded >= ntiles:
+                return
+            load(n_loaded)
             n_loaded += 1
 
         def wait_kbar(b, p, n):
@@ -182,10 +185,19 @@ def run(pieces, seed):
                     issue([((be, 'R'), ('P0', pi, i)), ((be, 'B'), ('K', n_e))])
                     if has_o:
                         arrive(4)                                      # P1
-                    yield from wait_groups(0)
-                    load_next()                                        # tile n_e + 2, part 1
-                    if has_o:
-                        load_next()                                    # tile n_e + 3, part 1
+                    if has_o and early:
+                        yield from wait_groups(1)                      # P V of tile o done
+                        if n_loaded + 1 < ntiles:
+                            load(n_loaded + 1)                         # tile n_e + 3, part 1
+                        yield from wait_groups(0)
+                        load_next()                                    # tile n_e + 2, part 1
+                        if n_loaded < ntiles:
+                            n_loaded += 1                              # (n_e + 3: issued)
+                    else:
+                        yield from wait_groups(0)
+                        load_next()                                    # tile n_e + 2, part 1
+                        if has_o:
+                            load_next()                                # tile n_e + 3, part 1
                     if has_next:
                         yield from scores(n_e + 3, 1)
                         yield from wait_groups(0)
@@ -361,15 +373,17 @@ def main():
     layouts += [[rng.choice([0, 1, 2, 3, 4, 5, 9]) for _ in range(rng.randint(1, 5))]
                 for _ in range(40)]
     runs = 0
-    for layout in layouts:
-        for seed in range(seeds):
-            try:
-                run(layout, seed)
-            except Hazard as h:
-                print(f"FAIL pieces={layout} seed={seed}: {h}")
-                return 1
-            runs += 1
-    print(f"seesaw protocol: {runs} interleavings of {len(layouts)} piece layouts, no hazard")
+    for early in (False, True):
+        for layout in layouts:
+            for seed in range(seeds):
+                try:
+                    run(layout, seed, early)
+                except Hazard as h:
+                    print(f"FAIL pieces={layout} seed={seed} early={early}: {h}")
+                    return 1
+                runs += 1
+    print(f"seesaw protocol: {runs} interleavings of {len(layouts)} piece layouts (both load "
+          f"orders), no hazard")
     bad = check_numerics()
     if bad:
         print("FAIL numerics: " + bad)

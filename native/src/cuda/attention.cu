@@ -1689,6 +1689,10 @@ __device__ __forceinline__ void ss_pack_p(uint32_t (&pf)[4][4], const float (&s)
 }
 #endif
 
+// EARLY (MLA_CUDA_SS_EARLY=1): warpgroup 1 loads its part of tile o + 2 as soon as its P V of
+// tile o is done, before tile e + 2's (which waits for its P V of tile e): the next odd tile's
+// load latency starts one P V earlier on warpgroup 1's path.
+template <bool EARLY>
 __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int M = 64, BN = 64;
@@ -1738,41 +1742,46 @@ __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
     kc.seek(lo, piece, in_range);
     const int pmask = (1 << a.page_shift) - 1;
     int n_loaded = 0;
-    // block ids of the next tile's four rows of this thread, read one tile ahead
-    int nblk[4];
-    auto fetch_blk = [&]() {
+    // block ids of the four rows of this thread in the cursor c's tile
+    auto fetch_blk = [&](const KeyCursor& c, int (&blk)[4]) {
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
-            const int kpos = kc.t * BN + lrow + 16 * p;
-            nblk[p] = (!kc.done && kpos < kc.L)
-                          ? __ldg(a.block_table + int64_t(kc.b) * a.bt_stride + (kpos >> a.page_shift))
-                          : 0;
+            const int kpos = c.t * BN + lrow + 16 * p;
+            blk[p] = (!c.done && kpos < c.L)
+                         ? __ldg(a.block_table + int64_t(c.b) * a.bt_stride + (kpos >> a.page_shift))
+                         : 0;
         }
     };
-    fetch_blk();
-    // issues this warpgroup's part (PART = wg) of the next tile into buffer n_loaded & 1; keys
-    // past the sequence's end are written as zeros (their P is 0; V must not be NaN)
-    auto load_next = [&](auto part) {
+    // the next tile's, read one tile ahead
+    int nblk[4];
+    fetch_blk(kc, nblk);
+    // issues this warpgroup's part (PART = wg) of c's tile, the n-th in load order, into buffer
+    // n & 1; keys past the sequence's end are written as zeros (their P is 0; V must not be NaN)
+    auto issue_part = [&](auto part, const KeyCursor& c, int n, const int (&blk)[4]) {
         constexpr int PART = decltype(part)::value;
         constexpr int C0 = PART == 0 ? 0 : 4, C1 = PART == 0 ? 4 : 9;
-        if (kc.done) return;
-        const int buf = n_loaded & 1;
+        const int buf = n & 1;
         const uint32_t dst0 = sKa + buf * kSsTile + lrow * 128 + ((lch ^ (lrow & 7)) << 4);
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
-            const int kpos = kc.t * BN + lrow + 16 * p;
-            const bool ok = kpos < kc.L;
+            const int kpos = c.t * BN + lrow + 16 * p;
+            const bool ok = kpos < c.L;
             const uint16_t* src =
-                ok ? a.cache + (int64_t(nblk[p]) * (pmask + 1) + (kpos & pmask)) * kD + lch * 8
+                ok ? a.cache + (int64_t(blk[p]) * (pmask + 1) + (kpos & pmask)) * kD + lch * 8
                    : a.cache;
 #pragma unroll
-            for (int c = C0; c < C1; ++c)
-                cp_async16(dst0 + p * 16 * 128 + c * 8192, ok ? src + c * 64 : src, ok ? 16 : 0);
+            for (int cb = C0; cb < C1; ++cb)
+                cp_async16(dst0 + p * 16 * 128 + cb * 8192, ok ? src + cb * 64 : src, ok ? 16 : 0);
         }
         cp_async_mbar_arrive(kbar(buf, PART));
+    };
+    // this warpgroup's part of the next tile in load order
+    auto load_next = [&](auto part) {
+        if (kc.done) return;
+        issue_part(part, kc, n_loaded, nblk);
         ++n_loaded;
         kc.advance(piece, in_range);
-        fetch_blk();
+        fetch_blk(kc, nblk);
     };
     // the first two tiles
     if (wg == 0) {
@@ -2003,9 +2012,29 @@ __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
                 ss_pv_smem(o, kse + 8 * 8192, kse, 1);  // sP0 in tile e's column block 8
                 wgmma_commit();
                 if constexpr (HAS_O) ss_arrive(kSsBarP1);
-                wgmma_wait0();
-                load_next(T1{});                     // part 1 of tile n_e + 2 into buffer be
-                if constexpr (HAS_O) load_next(T1{});  // part 1 of tile n_e + 3 into be ^ 1
+                if constexpr (HAS_O && EARLY) {
+                    // part 1 of tile n_e + 3 (into be ^ 1) as soon as this warpgroup's P V of
+                    // tile o is done, ahead of tile n_e + 2's, which waits for the other P V
+                    wgmma_wait1();
+                    KeyCursor k3 = kc;
+                    if (!k3.done) k3.advance(piece, in_range);
+                    if (!k3.done) {
+                        int blk3[4];
+                        fetch_blk(k3, blk3);
+                        issue_part(T1{}, k3, n_loaded + 1, blk3);
+                    }
+                    wgmma_wait0();
+                    load_next(T1{});  // part 1 of tile n_e + 2 into buffer be
+                    if (!kc.done) {   // tile n_e + 3 was issued above
+                        ++n_loaded;
+                        kc.advance(piece, in_range);
+                        fetch_blk(kc, nblk);
+                    }
+                } else {
+                    wgmma_wait0();
+                    load_next(T1{});                     // part 1 of tile n_e + 2 into buffer be
+                    if constexpr (HAS_O) load_next(T1{});  // part 1 of tile n_e + 3 into be ^ 1
+                }
                 if constexpr (HAS_NEXT) {
                     scores(n_e + 3, T1{});
                     wgmma_wait0();
@@ -2374,11 +2403,14 @@ void attention_init(DeviceInfo& dev, bool allow_wgmma) {
             // bf16 queries and a positive scale; not the default until it is measured faster
             const char* dk = std::getenv("MLA_CUDA_DECODE");
             if (dk && std::string(dk) == "seesaw" && kSsSmem <= dev.smem_optin) {
-                check(cudaFuncSetAttribute(decode_ss_kernel,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           int(kSsSmem)),
-                      "cudaFuncSetAttribute(seesaw decode kernel)");
+                for (auto* k : {decode_ss_kernel<false>, decode_ss_kernel<true>})
+                    check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               int(kSsSmem)),
+                          "cudaFuncSetAttribute(seesaw decode kernel)");
                 dev.ss = true;
+                // MLA_CUDA_SS_EARLY=1: warpgroup 1 loads the next odd tile first (see the kernel)
+                const char* ea = std::getenv("MLA_CUDA_SS_EARLY");
+                dev.ss_early = ea && ea[0] == '1';
             }
         }
     }
@@ -2414,7 +2446,7 @@ const char* attention_path(const DeviceInfo& dev, const AttentionParams& p) {
     const int M = rows_per_tile(p.num_heads), BN = pick_bn(dev, M);
     const bool pos = p.scale > 0.f;  // see attention_run
     if (use_wgmma(dev, M) && dev.ss && pos && p.q_dtype == DType::BF16)
-        return "wgmma-seesaw-bf16 M=64 BN=64";
+        return dev.ss_early ? "wgmma-seesaw-bf16 M=64 BN=64 early" : "wgmma-seesaw-bf16 M=64 BN=64";
     if (use_wgmma(dev, M) && dev.ws && dev.ws_fx && pos)
         return dev.ws_lean ? "wgmma-ws-bf16 M=64 BN=32 Qreg=20 fastsoftmax"
                            : "wgmma-ws-bf16 M=64 BN=32 Qreg=20 fastsoftmax v12-Qcopy";
@@ -2556,8 +2588,8 @@ void attention_run(const DeviceInfo& dev, const AttentionParams& p, const void* 
     // the cheaper softmaxes take the max over unscaled scores: only for a positive scale
     const int ws_fx = a.scale_log2 > 0.f ? dev.ws_fx : 0;
     if (seesaw) {
-        launch_run_kernel(decode_ss_kernel, dim3(unsigned(a.G)), kSsThreads, kSsSmem, stream, a,
-                          dev.pdl);
+        launch_run_kernel(dev.ss_early ? decode_ss_kernel<true> : decode_ss_kernel<false>,
+                          dim3(unsigned(a.G)), kSsThreads, kSsSmem, stream, a, dev.pdl);
     } else if (use_wgmma(dev, s.M) && dev.ws) {
         if (ws_fx && dev.ws_lean)
             launch_run_kernel(decode_ws_kernel<kWsQRegSteps, 1, true>, dim3(unsigned(a.G)),

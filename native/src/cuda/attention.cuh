@@ -24,6 +24,7 @@ struct DeviceInfo {
     bool ws_lean = false;    // ... division-free Q copy and output rows (default; MLA_CUDA_WS_LEAN=0: off)
     bool pdl = false;        // programmatic dependent launch of the sm_90a kernel + combine
     bool ss = false;         // seesaw sm_90a kernel for 64-row tiles (MLA_CUDA_DECODE=seesaw)
+    bool ss_early = false;   // ... warpgroup 1 loads the next odd tile first (MLA_CUDA_SS_EARLY=1)
     float cut_penalty = 8.f; // plan: cost of a cut piece in 64-key units (MLA_CUDA_CUT_PENALTY;
                              // <= 0: equal ranges)
 };
