@@ -80,6 +80,10 @@ def run(pieces, seed, early=False):
                     return
                 yield
 
+        def kbar_done(b, p, n):  # a wait that must return at once (the other warpgroup waited)
+            if kbar[(b, p)] != (n >> 1) + 1:
+                raise Hazard(f"mbarrier {(b, p)} phase {n >> 1} not just completed: {kbar[(b, p)]} done")
+
         def issue(reads):
             for r, e in reads:
                 if writing.get(r, 0) or tag.get(r) != e:
@@ -148,6 +152,7 @@ def run(pieces, seed, early=False):
                     arrive(3)                                          # P0
                     if has_o:
                         yield from sync(4)                             # P1
+                        kbar_done(bo, 0, n_e + 1)                      # own acquire, at once
                         issue([(('P1',), ('P1', pi, i)), ((bo, 'A'), ('K', n_e + 1))])
                     if has_next:
                         yield from wait_kbar(be, 0, n_e + 2)
@@ -182,6 +187,7 @@ def run(pieces, seed, early=False):
                     else:
                         arrive(2)
                     yield from sync(3)                                 # P0
+                    kbar_done(be, 1, n_e)                              # own acquire, at once
                     issue([((be, 'R'), ('P0', pi, i)), ((be, 'B'), ('K', n_e))])
                     if has_o:
                         arrive(4)                                      # P1

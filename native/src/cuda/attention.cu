@@ -1613,6 +1613,7 @@ constexpr size_t kSsSmem = 1024 + 3 * kSsTile + 8192 + 5 * 64 * 4 + 8 * 8;
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // named barriers (0 is __syncthreads)
 constexpr int kSsBarScale0 = 1, kSsBarScale1 = 2, kSsBarP0 = 3, kSsBarP1 = 4, kSsBarPiece = 5;
+constexpr int kSsBarWg = 6;  // + w: warpgroup w's own barrier (128 threads)
 // Named barrier of both warpgroups: the producer arrives (release), the consumer syncs
 // (acquire); each use is one arrive by one warpgroup and one sync by the other.
 __device__ __forceinline__ void ss_sync(int id) {
@@ -1620,6 +1621,12 @@ __device__ __forceinline__ void ss_sync(int id) {
 }
 __device__ __forceinline__ void ss_arrive(int id) {
     asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
+}
+// Before a warpgroup refills a key buffer that its own wgmmas read: each warp's wait_group only
+// retires that warp's slice of a wgmma, and every slice reads all of B, so all four warps must
+// be past their wait before any thread's cp.async may land on it.
+__device__ __forceinline__ void ss_wg_sync(int wg) {
+    asm volatile("bar.sync %0, 128;\n" ::"r"(kSsBarWg + wg) : "memory");
 }
 // Arrives on the mbarrier once every cp.async this thread issued so far has landed (counts as
 // one of the barrier's expected arrivals).
@@ -1908,6 +1915,7 @@ __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
                 ss_pv_reg(o, pf, kse, 0);
                 wgmma_commit();
                 wgmma_wait0();
+                ss_wg_sync(0);
                 load_next(T0{});  // part 0 of tile n_e + 2 into buffer be (its last use is done)
                 ss_sync(kSsBarScale1);
                 float c0 = 1.f, c1 = 1.f;
@@ -1923,8 +1931,11 @@ __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
                 ss_arrive(kSsBarP0);
                 if constexpr (HAS_O) {
                     ss_sync(kSsBarP1);
-                    // sP1, and tile o's part 0 (this warpgroup's cp.async; warpgroup 1 saw them
-                    // land): async-proxy reads after the hand-off
+                    // tile o's part 0 landed (warpgroup 1 waited for it; this wait returns at
+                    // once and gives this warpgroup its own acquire; its next phase is tile
+                    // n_e + 3, which this warpgroup loads only after the P V below), and sP1:
+                    // async-proxy reads after it
+                    mbar_wait(kbar(be ^ 1, 0), ((n_e + 1) >> 1) & 1);
                     fence_proxy_async();
                     ss_rescale(o, c0, c1);
                     l0 *= c0;
@@ -1943,6 +1954,7 @@ __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
                 }
                 if constexpr (HAS_O) {
                     if constexpr (HAS_NEXT) wgmma_wait1(); else wgmma_wait0();
+                    ss_wg_sync(0);
                     load_next(T0{});  // part 0 of tile n_e + 3 into buffer be ^ 1
                 }
                 if constexpr (HAS_NEXT) {
@@ -2007,7 +2019,11 @@ __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
                     l1 *= a1;
                 }
                 ss_sync(kSsBarP0);
-                fence_proxy_async();  // sP0, and tile e's part 1 (landed as seen by warpgroup 0)
+                // tile e's part 1 landed (warpgroup 0 waited for it; returns at once, this
+                // warpgroup's own acquire; its next phase is tile n_e + 2, loaded only after the
+                // P V below), and sP0: async-proxy reads after it
+                mbar_wait(kbar(be, 1), (n_e >> 1) & 1);
+                fence_proxy_async();
                 wgmma_fence();
                 ss_pv_smem(o, kse + 8 * 8192, kse, 1);  // sP0 in tile e's column block 8
                 wgmma_commit();
@@ -2016,6 +2032,7 @@ __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
                     // part 1 of tile n_e + 3 (into be ^ 1) as soon as this warpgroup's P V of
                     // tile o is done, ahead of tile n_e + 2's, which waits for the other P V
                     wgmma_wait1();
+                    ss_wg_sync(1);
                     KeyCursor k3 = kc;
                     if (!k3.done) k3.advance(piece, in_range);
                     if (!k3.done) {
@@ -2024,14 +2041,17 @@ __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
                         issue_part(T1{}, k3, n_loaded + 1, blk3);
                     }
                     wgmma_wait0();
-                    load_next(T1{});  // part 1 of tile n_e + 2 into buffer be
-                    if (!kc.done) {   // tile n_e + 3 was issued above
-                        ++n_loaded;
-                        kc.advance(piece, in_range);
+                    ss_wg_sync(1);
+                    if (!kc.done) {
+                        issue_part(T1{}, kc, n_loaded, nblk);  // part 1 of tile n_e + 2 into be
+                        n_loaded += k3.done ? 1 : 2;
+                        if (!k3.done) k3.advance(piece, in_range);
+                        kc = k3;
                         fetch_blk(kc, nblk);
                     }
                 } else {
                     wgmma_wait0();
+                    ss_wg_sync(1);
                     load_next(T1{});                     // part 1 of tile n_e + 2 into buffer be
                     if constexpr (HAS_O) load_next(T1{});  // part 1 of tile n_e + 3 into be ^ 1
                 }
@@ -2062,10 +2082,12 @@ __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
             }
         }
         ss_sync(kSsBarPiece);
+        // the piece read again from the metadata rather than kept in registers across the tiles
+        const WsPiece pw = piece(sg);
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
             const int r = hf ? r1 : r0;
-            ws_write_row<true>(a, pc, o, hf, r, wg, lane, s_l[r] + s_l[64 + r], hf ? m1 : m0,
+            ws_write_row<true>(a, pw, o, hf, r, wg, lane, s_l[r] + s_l[64 + r], hf ? m1 : m0,
                                wg == 0);
         }
     }
