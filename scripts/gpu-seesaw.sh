@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA Hopper GPU: checks and measures the seesaw decode kernel
 # (MLA_CUDA_DECODE=seesaw, native/bench/cuda/NOTES.md v15) and its EARLY load order
-# (MLA_CUDA_SS_EARLY=1) against the default kernel. Usage: scripts/gpu-seesaw.sh [test|bench|all]
-#   test   build (scripts/gpu-build.sh), test_cuda_backend with each seesaw variant, and the small
-#          cases under compute-sanitizer racecheck / synccheck / memcheck
-#   bench  the PyTorch baseline, then bench_decode (decode rows) with the default kernel, seesaw
-#          and seesaw EARLY, alternating, two runs each; a per-shape table of the three
-#   all    (default) test, then bench if the tests passed
+# (MLA_CUDA_SS_EARLY=1) against the default kernel.
+# Usage: scripts/gpu-seesaw.sh [test|sanitize|bench|all]
+#   test      build (scripts/gpu-build.sh) and test_cuda_backend with each seesaw variant
+#   sanitize  the small cases under compute-sanitizer racecheck, synccheck and memcheck (seesaw),
+#             racecheck and synccheck (EARLY)
+#   bench     the PyTorch baseline, then bench_decode (decode rows) with the default kernel,
+#             seesaw and seesaw EARLY, alternating, two runs each; a per-shape table of the three
+#   all       (default) test, sanitize, bench, each only if the one before passed
+# The phases fit separate device calls when one call would pass 10 minutes (the build stays).
 # Every GPU step runs under a timeout (a broken hand-off hangs rather than fails). Logs and CSVs
 # in $OUT (or ./gpu-out). MLA_SS_ONLY=SHAPE[,SHAPE...] limits the benchmark to those rows.
 # Exit status: non-zero if a test, a sanitizer run or a benchmark run failed.
@@ -30,21 +33,21 @@ if [ "$phase" = test ] || [ "$phase" = all ]; then
     echo "== test_cuda_backend ($v)"
     env $v timeout 300 "$dir/tests_cuda/test_cuda_backend" > "$out/ss-test-$i.log" 2>&1 \
       || { echo "test_cuda_backend failed or timed out (rc $?)"; status=1; }
-    grep -E "FAIL|checks," "$out/ss-test-$i.log" | tail -n 20
+    grep -E "^backend:|FAIL|checks," "$out/ss-test-$i.log" | tail -n 20
   done
-  if [ $status = 0 ]; then
-    for i in 0 1; do
-      v=${variants[$i]}
-      for tool in racecheck synccheck memcheck; do
-        echo "== compute-sanitizer $tool ($v, MLA_TEST_SMALL=1)"
-        env $v MLA_TEST_SMALL=1 timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
-          "$dir/tests_cuda/test_cuda_backend" > "$out/ss-sanitizer-$tool-$i.log" 2>&1 \
-          || { echo "$tool failed or timed out"; status=1; }
-        grep -E "ERROR SUMMARY|RACECHECK SUMMARY|checks,|FAIL" "$out/ss-sanitizer-$tool-$i.log" \
-          | tail -5
-      done
-    done
-  fi
+  [ $status = 0 ] || exit $status
+fi
+
+if [ "$phase" = sanitize ] || [ "$phase" = all ]; then
+  for run in "0 racecheck" "0 synccheck" "0 memcheck" "1 racecheck" "1 synccheck"; do
+    set -- $run
+    v=${variants[$1]}
+    echo "== compute-sanitizer $2 ($v, MLA_TEST_SMALL=1)"
+    env $v MLA_TEST_SMALL=1 timeout 300 compute-sanitizer --tool "$2" --error-exitcode 9 \
+      "$dir/tests_cuda/test_cuda_backend" > "$out/ss-sanitizer-$2-$1.log" 2>&1 \
+      || { echo "$2 failed or timed out"; status=1; }
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|checks,|FAIL" "$out/ss-sanitizer-$2-$1.log" | tail -5
+  done
   [ $status = 0 ] || exit $status
 fi
 

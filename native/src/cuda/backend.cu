@@ -88,8 +88,14 @@ public:
     mla_backend kind() const override { return MLA_BACKEND_CUDA; }
 
     std::string describe() const override {
+        // the decode kernel for 64-row head tiles (bf16 q, positive scale): see attention.cu
+        const char* decode = dev_.ss ? (dev_.ss_early ? "seesaw-early" : "seesaw")
+                             : dev_.ws ? "warp-specialized"
+                             : dev_.wgmma ? "wgmma"
+                                          : "mma.sync";
         return "cuda:" + std::to_string(dev_.device) + " " + name_ + " sm_" +
-               std::to_string(dev_.cc_major) + std::to_string(dev_.cc_minor);
+               std::to_string(dev_.cc_major) + std::to_string(dev_.cc_minor) + ", decode kernel " +
+               decode;
     }
 
     void* alloc(size_t bytes) override {
