@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 echo "== tests (default kernels: warp-specialized wgmma on sm_90a, cheaper softmax, division-free Q copy)"
 "$dir/tests_cuda/test_cuda_backend" > "$out/test.log" 2>&1 || status=1
 tail -n 40 "$out/test.log"
-# the other variants of the warp-specialized kernel (see attention_init)
+# the other variants of the warp-specialized kernel, and the seesaw kernel (see attention_init)
 for v in MLA_CUDA_WS_LEAN=0 MLA_CUDA_WS_FX=0 \
          MLA_CUDA_PDL=1 MLA_CUDA_DECODE=seesaw; do
   echo "== tests ($v)"
