@@ -3,7 +3,8 @@
 # (MLA_CUDA_DECODE=seesaw, native/bench/cuda/NOTES.md v15) and its EARLY load order
 # (MLA_CUDA_SS_EARLY=1) against the default kernel.
 # Usage: scripts/gpu-seesaw.sh [test|sanitize|bench|all]
-#   test      build (scripts/gpu-build.sh) and test_cuda_backend with each seesaw variant
+#   test      build (scripts/gpu-build.sh), a one-minute smoke run of each seesaw variant (a hang
+#             stops the script there), then test_cuda_backend with each
 #   sanitize  the small cases under compute-sanitizer racecheck, synccheck and memcheck (seesaw),
 #             racecheck and synccheck (EARLY)
 #   bench     the PyTorch baseline, then bench_decode (decode rows) with the default kernel,
@@ -28,10 +29,18 @@ status=0
 variants=("MLA_CUDA_DECODE=seesaw" "MLA_CUDA_DECODE=seesaw MLA_CUDA_SS_EARLY=1")
 
 if [ "$phase" = test ] || [ "$phase" = all ]; then
+  # a hang (a broken hand-off) should cost a minute, not the test suite's timeout
+  for i in 0 1; do
+    v=${variants[$i]}
+    echo "== smoke: bench_decode, three shapes, 2 iterations ($v)"
+    env $v timeout 60 "$dir/bench_decode" --no-layer --iters 2 \
+      --only B1_L1024_H128,B128_L4096_H128_n2,B128_uneven_H128 --csv "$out/ss-smoke-$i.csv" \
+      > "$out/ss-smoke-$i.log" 2>&1 || { echo "smoke run failed or hung (rc $?)"; exit 1; }
+  done
   for i in 0 1; do
     v=${variants[$i]}
     echo "== test_cuda_backend ($v)"
-    env $v timeout 300 "$dir/tests_cuda/test_cuda_backend" > "$out/ss-test-$i.log" 2>&1 \
+    env $v timeout 240 "$dir/tests_cuda/test_cuda_backend" > "$out/ss-test-$i.log" 2>&1 \
       || { echo "test_cuda_backend failed or timed out (rc $?)"; status=1; }
     grep -E "^backend:|FAIL|checks," "$out/ss-test-$i.log" | tail -n 20
   done
