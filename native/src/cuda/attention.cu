@@ -1086,19 +1086,23 @@ struct WsPiece {
     bool cut, skip;
 };
 
-// TPU key tiles per 64-key unit of the plan: 2 (32-key tiles) or 1 (64-key tiles)
+// Segment s still reaches into the CTA's range.
+__device__ __forceinline__ bool cta_in_range(const CtaRange& c, int s) {
+    return s < c.S && c.seg_prefix[s] < c.uend;
+}
+
+// Piece s of the CTA's range: TPU key tiles per 64-key unit of the plan, 2 (32-key tiles) or 1
+// (64-key tiles)
 template <int TPU = 2>
-__device__ __forceinline__ WsPiece ws_piece(const RunArgs& a, const int32_t* seg_b,
-                                            const int32_t* seg_m, const int32_t* seg_prefix,
-                                            int s, int64_t ubeg, int64_t uend, int rr,
-                                            int g) {
+__device__ __forceinline__ WsPiece ws_piece(const RunArgs& a, const CtaRange& c, int s) {
     WsPiece p;
-    const int p0 = seg_prefix[s], p1 = seg_prefix[s + 1];
-    p.b = seg_b[s];
+    const int64_t ubeg = c.ubeg, uend = c.uend;
+    const int p0 = c.seg_prefix[s], p1 = c.seg_prefix[s + 1];
+    p.b = c.seg_b[s];
     p.qo0 = a.qo_indptr[p.b];
     p.n = a.qo_indptr[p.b + 1] - p.qo0;
     p.L = max(a.seq_lens[p.b], 0);
-    p.mtile = seg_m[s] * a.R + rr;
+    p.mtile = c.seg_m[s] * a.R + c.rr;
     p.skip = p.mtile * 64 >= p.n * a.H;
     constexpr int BN = 64 / TPU;
     const int ntiles = (p.L + BN - 1) / BN;
@@ -1106,7 +1110,7 @@ __device__ __forceinline__ WsPiece ws_piece(const RunArgs& a, const int32_t* seg
     p.t0 = TPU * int((ubeg > p0 ? ubeg : int64_t(p0)) - p0);
     p.t1 = min(TPU * int((uend < p1 ? uend : int64_t(p1)) - p0), ntiles);
     p.cut = p0 < ubeg || p1 > uend;
-    p.slot = 2 * g + (ubeg >= p0 ? 0 : 1);
+    p.slot = 2 * c.g + (ubeg >= p0 ? 0 : 1);
     return p;
 }
 
@@ -1240,12 +1244,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) decode_ws_kernel(RunArgs a) {
 
     CtaRange cr;
     if (!cta_range(a, cr)) return;
-    const int g = cr.g, rr = cr.rr, S = cr.S, lo = cr.lo;
-    const int64_t ubeg = cr.ubeg, uend = cr.uend;
-    const int32_t *seg_b = cr.seg_b, *seg_m = cr.seg_m, *seg_prefix = cr.seg_prefix;
+    const int lo = cr.lo;
     const uint32_t sQa = smem_addr(sQ), sKa = smem_addr(sK), sPa = smem_addr(sP);
-    auto piece = [&](int s) { return ws_piece(a, seg_b, seg_m, seg_prefix, s, ubeg, uend, rr, g); };
-    auto in_range = [&](int s) { return s < S && seg_prefix[s] < uend; };
+    auto piece = [&](int s) { return ws_piece(a, cr, s); };
+    auto in_range = [&](int s) { return cta_in_range(cr, s); };
 
     if (wg == 0) {
         // ---------------- scores + softmax
@@ -1732,14 +1734,10 @@ __global__ void __launch_bounds__(kSsThreads, 1) decode_ss_kernel(RunArgs a) {
 
     CtaRange cr;
     if (!cta_range(a, cr)) return;
-    const int g = cr.g, rr = cr.rr, S = cr.S, lo = cr.lo;
-    const int64_t ubeg = cr.ubeg, uend = cr.uend;
-    const int32_t *seg_b = cr.seg_b, *seg_m = cr.seg_m, *seg_prefix = cr.seg_prefix;
+    const int lo = cr.lo;
     const uint32_t sQa = smem_addr(sQ), sKa = smem_addr(sK), sP1a = smem_addr(sP1);
-    auto piece = [&](int s) {
-        return ws_piece<1>(a, seg_b, seg_m, seg_prefix, s, ubeg, uend, rr, g);
-    };
-    auto in_range = [&](int s) { return s < S && seg_prefix[s] < uend; };
+    auto piece = [&](int s) { return ws_piece<1>(a, cr, s); };
+    auto in_range = [&](int s) { return cta_in_range(cr, s); };
     const float sl = a.scale_log2;  // > 0 (dispatch): the max of raw scores gives the scaled max
 
     // ---- key loader: this warpgroup's part of each tile, tiles in the order they are used.
